@@ -1,0 +1,144 @@
+// The Expectigrad per-element update, written once for every backend.
+//
+// Algorithm 1 of "Expectigrad: Fast Stochastic Optimization with Robust
+// Convergence Properties" (ICLR 2021 submission), for one element:
+//
+//   s <- s + g^2
+//   n <- n + sign(g^2)              (sparse counter)   or   n <- t
+//   m <- beta * m + (1 - beta) * g / (epsilon + sqrt(s / n)),   0/0 := 0
+//   x <- x - lr / (1 - beta^t) * m
+//
+// With beta == 0 there is no momentum slot: x <- x - lr * g / (eps + sqrt(s/n)).
+//
+// This header has no dependency on TensorFlow, CUDA or pybind11. It is
+// included by the TensorFlow CPU kernel, the CUDA kernel and the standalone
+// pybind11 harness, so the same arithmetic runs everywhere.
+//
+// Types: `S` is the compute/state type (float or double). Variables and
+// momentum may be stored in a narrower type T (half, bfloat16); callers convert
+// to S before calling and back after.
+#ifndef EXPECTIGRAD_UPDATE_H_
+#define EXPECTIGRAD_UPDATE_H_
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define EXPECTIGRAD_HD __host__ __device__ __forceinline__
+#else
+#define EXPECTIGRAD_HD inline
+#endif
+
+namespace expectigrad {
+
+// Scalars for one step, precomputed once on the host.
+template <typename S>
+struct StepScalars {
+  S lr_t;            // lr / (1 - beta^t) with momentum, lr without.
+  S beta;            // momentum constant (unused without momentum).
+  S one_minus_beta;  // 1 - beta, computed once on the host.
+  S epsilon;         // denominator constant.
+  S step;            // t as S: the counter value when sparse_counter is off.
+};
+
+// Returns sign(v) for v = g*g >= 0 or NaN, as NumPy's np.sign does:
+// 1 for v > 0, 0 for v == 0, and NaN for NaN (so NaN poisons the counter
+// exactly as it poisons the sum).
+template <typename S>
+EXPECTIGRAD_HD S sign_of_square(S v) {
+  return v > S(0) ? S(1) : (v == S(0) ? S(0) : v);
+}
+
+// One element of the update, on values already converted to S.
+// kMomentum: beta > 0 (momentum slot exists).
+// kSparseCounter: the counter slot exists (n += sign(g^2)); otherwise n = t.
+template <typename S, bool kMomentum, bool kSparseCounter>
+EXPECTIGRAD_HD void update_element(S g, S& x, S& s, S& n, S& m,
+                                   const StepScalars<S>& p) {
+  const S gg = g * g;
+  s = s + gg;
+  S count;
+  if (kSparseCounter) {
+    n = n + sign_of_square(gg);
+    count = n;
+  } else {
+    count = p.step;
+  }
+  // 0/0 := 0. s == 0 exactly when nothing was ever counted.
+  const S mean = count == S(0) ? S(0) : s / count;
+  const S u = g / (p.epsilon + std::sqrt(mean));
+  if (kMomentum) {
+    m = p.beta * m + p.one_minus_beta * u;
+    x = x - p.lr_t * m;
+  } else {
+    x = x - p.lr_t * u;
+  }
+}
+
+// Host-side precomputation of the step scalars, shared by every backend.
+// Computed in double, then rounded once to S.
+template <typename S>
+inline StepScalars<S> make_step_scalars(double lr, double beta, double epsilon,
+                                        int64_t step) {
+  StepScalars<S> p;
+  const double bias = beta > 0.0 ? 1.0 - std::pow(beta, double(step)) : 1.0;
+  p.lr_t = static_cast<S>(lr / bias);
+  p.beta = static_cast<S>(beta);
+  p.one_minus_beta = static_cast<S>(1.0 - beta);
+  p.epsilon = static_cast<S>(epsilon);
+  p.step = static_cast<S>(step);
+  return p;
+}
+
+// A contiguous range [begin, end) of one tensor, for any storage type T.
+// count/momentum may be null when the variant has no such slot.
+template <typename T, typename S, bool kMomentum, bool kSparseCounter>
+EXPECTIGRAD_HD void update_range(T* var, S* sum, S* cnt, T* mom, const T* grad,
+                                 int64_t begin, int64_t end,
+                                 const StepScalars<S>& p) {
+  for (int64_t i = begin; i < end; ++i) {
+    S x = static_cast<S>(var[i]);
+    S s = sum[i];
+    S n = kSparseCounter ? cnt[i] : S(0);
+    S m = kMomentum ? static_cast<S>(mom[i]) : S(0);
+    update_element<S, kMomentum, kSparseCounter>(static_cast<S>(grad[i]), x, s,
+                                                 n, m, p);
+    var[i] = static_cast<T>(x);
+    sum[i] = s;
+    if (kSparseCounter) cnt[i] = n;
+    if (kMomentum) mom[i] = static_cast<T>(m);
+  }
+}
+
+// Runtime dispatch over the four algorithm variants.
+template <typename T, typename S>
+inline void update_range_dispatch(T* var, S* sum, S* cnt, T* mom,
+                                  const T* grad, int64_t begin, int64_t end,
+                                  const StepScalars<S>& p) {
+  if (mom != nullptr) {
+    if (cnt != nullptr)
+      update_range<T, S, true, true>(var, sum, cnt, mom, grad, begin, end, p);
+    else
+      update_range<T, S, true, false>(var, sum, cnt, mom, grad, begin, end, p);
+  } else {
+    if (cnt != nullptr)
+      update_range<T, S, false, true>(var, sum, cnt, mom, grad, begin, end, p);
+    else
+      update_range<T, S, false, false>(var, sum, cnt, mom, grad, begin, end, p);
+  }
+}
+
+// One tensor of a multi-tensor apply: raw pointers and a length.
+template <typename T, typename S>
+struct TensorChunk {
+  T* var;
+  S* sum;
+  S* cnt;  // null without sparse counter
+  T* mom;  // null without momentum
+  const T* grad;
+  int64_t size;
+};
+
+}  // namespace expectigrad
+
+#endif  // EXPECTIGRAD_UPDATE_H_

@@ -1,0 +1,81 @@
+"""Build and install expectigrad_tf.
+
+The fused op is compiled against the TensorFlow installed in *this*
+environment, so install without build isolation:
+
+    pip install tensorflow
+    pip install --no-build-isolation .
+
+The CUDA kernels are built too when nvcc is found (EXPECTIGRAD_CUDA=0 to
+skip, =1 to require). See expectigrad_tf/_build.py.
+"""
+
+import importlib.util
+import os
+
+from setuptools import find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_builder():
+    # Load _build.py by path: importing the package would import Keras.
+    spec = importlib.util.spec_from_file_location(
+        "_expectigrad_build", os.path.join(HERE, "expectigrad_tf", "_build.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class BuildExt(build_ext):
+    """Builds the pybind11 harness, then the TensorFlow op libraries."""
+
+    def run(self):
+        super().run()
+        builder = _load_builder()
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError as e:
+            raise SystemExit(
+                "expectigrad_tf: TensorFlow must be installed before building "
+                "(pip install tensorflow; pip install --no-build-isolation .): "
+                f"{e}"
+            )
+        out = HERE if self.inplace else os.path.join(self.build_lib)
+        out = os.path.join(out, "expectigrad_tf")
+        builder.build(out_dir=out, verbose=True)
+
+
+def _harness_extension():
+    from pybind11.setup_helpers import Pybind11Extension
+
+    return Pybind11Extension(
+        "expectigrad_tf._harness",
+        ["csrc/harness/harness.cc"],
+        include_dirs=["csrc"],
+        cxx_std=17,
+        extra_compile_args=["-O3"],
+    )
+
+
+setup(
+    name="expectigrad-tf",
+    version="0.1.0",
+    description="Expectigrad optimizer for TensorFlow/Keras 3 with fused CPU and CUDA kernels",
+    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["expectigrad_tf", "expectigrad_tf.*"]),
+    package_data={"expectigrad_tf": ["*.so", "_build_info.json"]},
+    ext_modules=[_harness_extension()],
+    cmdclass={"build_ext": BuildExt},
+    install_requires=["tensorflow>=2.16", "numpy"],
+    setup_requires=["pybind11>=2.10"],
+    extras_require={
+        "test": ["pytest", "hypothesis", "scikit-learn", "tensorflow-datasets"],
+        "scripts": ["scikit-learn", "matplotlib", "tensorflow-datasets", "sacrebleu"],
+    },
+    zip_safe=False,
+)
