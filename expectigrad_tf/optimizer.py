@@ -115,7 +115,7 @@ class Expectigrad(keras.optimizers.Optimizer):
         **kwargs,
     ):
         if isinstance(learning_rate, (numbers.Real, np.ndarray)) and not callable(learning_rate):
-            _check_number("learning_rate", learning_rate, 0.0, False)
+            learning_rate = _check_number("learning_rate", learning_rate, 0.0, False)
         beta = _check_number("beta", beta, 0.0, True, 1.0)
         epsilon = _check_number("epsilon", epsilon, 0.0, False)
         if not isinstance(sparse_counter, (bool, np.bool_)):
