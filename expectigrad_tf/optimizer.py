@@ -254,6 +254,13 @@ class Expectigrad(keras.optimizers.Optimizer):
                 self._record(var, path, reason)
                 self.update_step(grad, var, learning_rate)
             return
+        if not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+            # A schedule or callable may produce NaN/inf: fail at this step,
+            # before any state is touched, on every path.
+            learning_rate = tf.debugging.check_numerics(
+                tf.convert_to_tensor(learning_rate),
+                "Expectigrad: the learning rate is not finite (check the schedule)",
+            )
         # As keras' TFOptimizer: all-reduce, then update in a merge call.
         trainable_variables = [
             v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
