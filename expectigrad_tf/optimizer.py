@@ -188,6 +188,30 @@ class Expectigrad(keras.optimizers.Optimizer):
                 return make()
         return make()
 
+    def load_own_variables(self, store):
+        """Restores state saved by ``save_own_variables`` (``.keras`` /
+        ``.weights.h5``), after checking every entry's shape and dtype, so a
+        mismatched file raises before any optimizer variable is modified."""
+        variables = self.variables
+        if len(store.keys()) == len(variables):
+            problems = []
+            for i, var in enumerate(variables):
+                value = store[str(i)]
+                shape = tuple(getattr(value, "shape", ()))
+                dtype = keras.backend.standardize_dtype(getattr(value, "dtype", type(value)))
+                want_dtype = keras.backend.standardize_dtype(var.dtype)
+                if shape != tuple(var.shape) or (dtype != want_dtype and var.path != self._iterations.path):
+                    problems.append(
+                        f"{var.path}: saved shape {shape} dtype {dtype}, "
+                        f"expected shape {tuple(var.shape)} dtype {want_dtype}"
+                    )
+            if problems:
+                raise ValueError(
+                    f"Expectigrad '{self.name}': the saved optimizer state does not "
+                    "match this optimizer (nothing was restored): " + "; ".join(problems)
+                )
+        super().load_own_variables(store)
+
     def _slots_for(self, variable):
         i = self._get_variable_index(variable)
         return self._sums[i], self._counts[i], self._momentums[i]

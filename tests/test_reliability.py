@@ -136,3 +136,24 @@ def test_retracing_with_changing_variable_sets():
     rb.t = 1; rb.step(np.ones(2)); rb.step(np.ones(2))
     np.testing.assert_allclose(a.numpy(), ra.x, rtol=1e-12)
     np.testing.assert_allclose(b.numpy(), rb.x, rtol=1e-12)
+
+
+def test_mismatched_saved_state_is_a_clear_error_and_restores_nothing():
+    v = tf.Variable(np.ones((2, 3), np.float32))
+    good = Expectigrad(0.1)
+    good.apply([tf.ones((2, 3))], [v])
+    store = {}
+    good.save_own_variables(store)
+    fresh = Expectigrad(0.1)
+    fresh.build([v])
+    bad = dict(store)
+    slot_keys = [k for k in bad if bad[k].shape == (2, 3)]
+    bad[slot_keys[-1]] = np.zeros((3, 2), np.float32)          # wrong shape
+    bad[slot_keys[0]] = bad[slot_keys[0]].astype(np.float16)   # wrong dtype
+    with pytest.raises(ValueError, match=r"does not match.*expected shape \(2, 3\)"):
+        fresh.load_own_variables(bad)
+    assert all(np.all(s.numpy() == 0) for s in fresh._slots_for(v))
+    assert int(fresh.iterations.numpy()) == 0
+    fresh.load_own_variables(store)  # the good state loads
+    for a, b in zip(fresh._slots_for(v), good._slots_for(v)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
