@@ -352,11 +352,6 @@ class Expectigrad(keras.optimizers.Optimizer):
         """Composite update of one variable (sparse, XLA, or no fused op)."""
         if _TF_BACKEND and isinstance(gradient, tf.IndexedSlices):
             return self._sparse_update(gradient, variable, learning_rate)
-        if self.fused is True and _TF_BACKEND and not control_flow_util.GraphOrParentsInXlaContext(
-            tf.compat.v1.get_default_graph()
-        ) and self._fused_unavailable_reason() is None:
-            # Direct callers of update_step still get the fused kernel.
-            return self._fused_apply([variable], [gradient], learning_rate)
         return self._dense_update(gradient, variable, learning_rate)
 
     def _scalars(self, learning_rate, state):
