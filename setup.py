@@ -56,7 +56,7 @@ def _harness_extension():
         ["csrc/harness/harness.cc"],
         include_dirs=["csrc"],
         cxx_std=17,
-        extra_compile_args=["-O3"],
+        extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"],
     )
 
 

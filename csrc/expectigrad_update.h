@@ -64,8 +64,11 @@ EXPECTIGRAD_HD void update_element(S g, S& x, S& s, S& n, S& m,
   } else {
     count = p.step;
   }
-  // 0/0 := 0. s == 0 exactly when nothing was ever counted.
-  const S mean = count == S(0) ? S(0) : s / count;
+  // 0/0 := 0 (s == 0 exactly when nothing was ever counted). Both sides are
+  // computed unconditionally so the loop stays branch-free and vectorises.
+  const bool empty = count == S(0);
+  const S quotient = s / (empty ? S(1) : count);
+  const S mean = empty ? S(0) : quotient;
   const S u = g / (p.epsilon + std::sqrt(mean));
   if (kMomentum) {
     m = p.beta * m + p.one_minus_beta * u;
@@ -95,7 +98,8 @@ inline StepScalars<S> make_step_scalars(double lr, double beta, double epsilon,
 template <typename T, typename S, bool kMomentum, bool kSparseCounter>
 EXPECTIGRAD_HD void update_range(T* var, S* sum, S* cnt, T* mom, const T* grad,
                                  int64_t begin, int64_t end,
-                                 const StepScalars<S>& p) {
+                                 const StepScalars<S>& scalars) {
+  const StepScalars<S> p = scalars;  // a local copy: stores cannot alias it
   for (int64_t i = begin; i < end; ++i) {
     S x = static_cast<S>(var[i]);
     S s = sum[i];
