@@ -74,7 +74,8 @@ setup(
     install_requires=["tensorflow>=2.16", "numpy"],
     setup_requires=["pybind11>=2.10"],
     extras_require={
-        "test": ["pytest", "hypothesis", "scikit-learn", "tensorflow-datasets"],
+        "test": ["pytest", "hypothesis", "scikit-learn", "tensorflow-datasets", "dockerfile-parse",
+                 "matplotlib", "sacrebleu"],
         "scripts": ["scikit-learn", "matplotlib", "tensorflow-datasets", "sacrebleu"],
     },
     zip_safe=False,

@@ -27,6 +27,6 @@ fi
 
 case "$what" in
   demo) exec python scripts/demo.py "$@" ;;
-  test) cd tests && exec python -m pytest -q "$@" ;;
+  test) cd tests && exec python -m pytest -q -m "not gpu" "$@" ;;   # GPU tests: pytest -m gpu
   *) echo "usage: bash scripts/run.sh demo|test [args]" >&2; exit 2 ;;
 esac
