@@ -192,7 +192,10 @@ def build(out_dir, cuda=None, force=False, verbose=True):
 
     cxx = _cxx()
     pyinc = _python_includes()
+    # Same floating-point flags as the TF op (expectigrad_tf/_build.py): a
+    # vectorisable loop, and no FMA contraction so every backend rounds alike.
     common = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-DNDEBUG",
+              "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
               "-I" + CSRC] + pyinc
     shared = ["-shared"]
     if sys.platform == "darwin":
@@ -223,7 +226,8 @@ def build(out_dir, cuda=None, force=False, verbose=True):
             jobs.append(("kernel", [nvcc, "-c", CUDA_KERNEL_SOURCE, "-o",
                                     os.path.join(tmp, "kernel.o"), "-std=c++17", "-O3",
                                     "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
-                                    "--expt-relaxed-constexpr", "-I" + CSRC] + gencode))
+                                    "--expt-relaxed-constexpr", "--fmad=false",
+                                    "-I" + CSRC] + gencode))
             jobs.append(("host", [cxx, "-c", CUDA_HOST_SOURCE, "-o",
                                   os.path.join(tmp, "host.o"),
                                   "-I" + os.path.join(home, "include")] + common))
