@@ -25,6 +25,7 @@ import concurrent.futures
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def find_nvcc():
     return None
 
 
-def _cuda_home(nvcc):
+def cuda_home(nvcc):
     """The CUDA toolkit root that holds cuda_runtime.h for this nvcc."""
     candidates = [os.environ.get("CUDA_HOME"),
                   os.path.dirname(os.path.dirname(os.path.realpath(nvcc))),
@@ -94,16 +95,20 @@ def cuda_mode():
     return {"on": "1", "off": "0"}.get(mode, mode)
 
 
-def _cuda_archs():
-    archs = os.environ.get("EXPECTIGRAD_CUDA_ARCHS", "80;90")
-    out = []
-    for a in [a.strip() for a in archs.replace(",", ";").split(";") if a.strip()]:
-        if not a.isdigit():
-            raise BuildError(f"EXPECTIGRAD_CUDA_ARCHS: bad arch {a!r}")
-        out += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-    last = archs.replace(",", ";").split(";")[-1].strip()
-    out += ["-gencode", f"arch=compute_{last},code=compute_{last}"]
-    return out
+def cuda_archs(default="80;90"):
+    """(nvcc -gencode flags, arch list) from EXPECTIGRAD_CUDA_ARCHS: SASS for
+    each arch plus PTX of the newest, so newer GPUs can JIT it."""
+    raw = os.environ.get("EXPECTIGRAD_CUDA_ARCHS", default)
+    archs = [a.strip() for a in raw.replace(",", ";").split(";") if a.strip()]
+    if not archs:
+        raise BuildError("EXPECTIGRAD_CUDA_ARCHS is empty")
+    flags = []
+    for a in archs:
+        if not re.fullmatch(r"\d+[af]?", a):
+            raise BuildError(f"EXPECTIGRAD_CUDA_ARCHS: bad arch {a!r} (e.g. 90 or 80;90)")
+        flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+    flags += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+    return flags, archs
 
 
 def tf_flags():
@@ -151,8 +156,8 @@ def build(out_dir=HERE, verbose=True):
             jobs.append([cxx, "-c", os.path.join(CSRC, src), "-o", obj(src)]
                         + common + warn)
         if nvcc:
-            cuda_home = _cuda_home(nvcc)
-            cuda_inc = os.path.join(cuda_home, "include")
+            home = cuda_home(nvcc)
+            cuda_inc = os.path.join(home, "include")
             for src in GPU_HOST_SOURCES:
                 jobs.append([cxx, "-c", os.path.join(CSRC, src), "-o", obj(src),
                              "-DGOOGLE_CUDA=1", "-I" + cuda_inc] + common + warn)
@@ -160,7 +165,7 @@ def build(out_dir=HERE, verbose=True):
                 jobs.append([nvcc, "-c", os.path.join(CSRC, src), "-o", obj(src),
                              "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
                              "--expt-relaxed-constexpr", "--fmad=false", "-I" + CSRC]
-                            + _cuda_archs())
+                            + cuda_archs()[0])
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             for fut in [pool.submit(_run, j, verbose) for j in jobs]:
@@ -171,7 +176,7 @@ def build(out_dir=HERE, verbose=True):
              + [obj(s) for s in CPU_SOURCES] + lflags, verbose)
         cuda_out = os.path.join(out_dir, CUDA_LIB)
         if nvcc:
-            cuda_lib_dirs = [os.path.join(cuda_home, d)
+            cuda_lib_dirs = [os.path.join(home, d)
                              for d in ("lib64", "lib", "targets/x86_64-linux/lib")]
             _run([cxx, "-shared", "-o", cuda_out]
                  + [obj(s) for s in GPU_HOST_SOURCES + CUDA_SOURCES]
@@ -189,7 +194,7 @@ def build(out_dir=HERE, verbose=True):
         "tensorflow_git_version": tf_git,
         "cuda": bool(nvcc),
         "nvcc": nvcc_version,
-        "cuda_archs": os.environ.get("EXPECTIGRAD_CUDA_ARCHS", "80;90") if nvcc else None,
+        "cuda_archs": ";".join(cuda_archs()[1]) if nvcc else None,
         "compiler": cxx,
         "python": sys.version.split()[0],
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),

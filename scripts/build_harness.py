@@ -29,9 +29,9 @@ Exit status: 0 built (or up to date), 1 build failed.
 
 import argparse
 import concurrent.futures
+import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -54,10 +54,6 @@ HEADERS = [
 ]
 
 
-class BuildError(RuntimeError):
-    pass
-
-
 def ext_suffix():
     return sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 
@@ -66,44 +62,25 @@ def module_path(out_dir, name):
     return os.path.join(out_dir, name + ext_suffix())
 
 
-def find_nvcc():
-    """Path to nvcc (EXPECTIGRAD_NVCC, PATH, CUDA_HOME, /usr/local/cuda) or None."""
-    explicit = os.environ.get("EXPECTIGRAD_NVCC")
-    if explicit:
-        return explicit if os.path.exists(explicit) else None
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-            return os.path.join(home, "bin", "nvcc")
-    return None
+def _load_tf_build():
+    # expectigrad_tf/_build.py by path: importing the package would import
+    # TensorFlow, which a GPU machine for this harness may not have.
+    spec = importlib.util.spec_from_file_location(
+        "_expectigrad_build", os.path.join(ROOT, "expectigrad_tf", "_build.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def cuda_home(nvcc):
-    for home in (os.environ.get("CUDA_HOME"),
-                 os.path.dirname(os.path.dirname(os.path.realpath(nvcc))),
-                 "/usr/local/cuda"):
-        if home and os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
-            return home
-    raise BuildError(f"nvcc at {nvcc} but no CUDA toolkit with include/cuda_runtime.h; "
-                     "set CUDA_HOME")
+_tf_build = _load_tf_build()
+BuildError = _tf_build.BuildError
+find_nvcc = _tf_build.find_nvcc
+cuda_home = _tf_build.cuda_home
 
 
 def cuda_archs():
-    """(gencode flags, the arch list) from EXPECTIGRAD_CUDA_ARCHS."""
-    raw = os.environ.get("EXPECTIGRAD_CUDA_ARCHS", DEFAULT_ARCHS)
-    archs = [a.strip() for a in raw.replace(",", ";").split(";") if a.strip()]
-    if not archs:
-        raise BuildError("EXPECTIGRAD_CUDA_ARCHS is empty")
-    flags = []
-    for a in archs:
-        if not re.fullmatch(r"\d+[af]?", a):
-            raise BuildError(f"EXPECTIGRAD_CUDA_ARCHS: bad arch {a!r} (e.g. 90 or 80;90)")
-        flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-    # PTX of the newest arch, so newer GPUs can JIT it.
-    flags += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
-    return flags, archs
+    """(gencode flags, arch list) from EXPECTIGRAD_CUDA_ARCHS, default 90."""
+    return _tf_build.cuda_archs(DEFAULT_ARCHS)
 
 
 def cuda_mode(requested=None):
