@@ -1,0 +1,191 @@
+"""End-to-end tests of scripts/reddi.py (the Reddi problem, paper Figure 1).
+
+The script runs in a subprocess: it configures TensorFlow's thread pools,
+which is only possible before TensorFlow starts in a process.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")  # scripts/reddi.py plots with it
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "reddi.py")
+OPTIMIZERS = ["expectigrad", "adam", "rmsprop", "adadelta", "amsgrad", "yogi"]
+HIT = "first_step_x_le_minus_1"
+
+
+def _run(args, cwd=ROOT, module=False, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    cmd = [sys.executable] + (["-m", "scripts.reddi"] if module else [SCRIPT]) + list(args)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], np.array(rows[1:], dtype=np.float64)
+    return header, body
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reddi_quick")
+    stdout = _run(["--quick", "--out-dir", str(out)])
+    return out, stdout
+
+
+def test_quick_outputs_are_well_formed(quick_run):
+    out, stdout = quick_run
+    assert "done in" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("results", "checks", "steps", "hyperparameters", "problem", "optimizers",
+                "stochastic_all_runs", "elapsed_s"):
+        assert key in summary
+    steps = summary["steps"]
+    assert steps == 100_000
+    assert summary["hyperparameters"] == {
+        "lr": 1e-3, "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-8, "dtype": "float64"}
+    problems = ["online"] + ["stochastic"] + [f"stochastic_r{k}" for k in range(1, summary["stoch_runs"])]
+    assert list(summary["results"]) == problems
+    for prob in problems:
+        assert list(summary["results"][prob]) == OPTIMIZERS
+        for r in summary["results"][prob].values():
+            assert np.isfinite(r["final_x"])
+            assert r[HIT] is None or 1 <= r[HIT] <= steps
+
+    header, body = _read_csv(out / "trajectories.csv")
+    assert header == ["step"] + [f"{p}_{o}" for p in problems for o in OPTIMIZERS]
+    every = summary["record_every"]
+    assert body.shape == (steps // every + 1, len(header))
+    np.testing.assert_array_equal(body[:, 0], np.arange(0, steps + 1, every))
+    assert np.all(np.isfinite(body))
+    np.testing.assert_array_equal(body[0, 1:], 0.0)  # x0
+    # The last row is the final x of the summary.
+    for j, name in enumerate(header[1:], start=1):
+        prob, opt = name.rsplit("_", 1)
+        if opt not in OPTIMIZERS:  # "stochastic_r1_adam" splits fine; guard anyway
+            continue
+        assert body[-1, j] == pytest.approx(summary["results"][prob][opt]["final_x"], rel=1e-8)
+
+    png = (out / "reddi.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img = plt.imread(str(out / "reddi.png"))
+    assert img.ndim == 3 and img.shape[1] > 2 * img.shape[0]  # a row of panels
+
+
+def test_quick_run_directions(quick_run):
+    """At 1e5 steps (deterministic online problem): Expectigrad's x is going
+    down while Adam's and RMSProp's go up, and every EMA method is above 0.
+    Stochastic: Adam and RMSProp are far above Expectigrad in every run."""
+    out, _ = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    header, body = _read_csv(out / "trajectories.csv")
+    col = {name: body[:, j] for j, name in enumerate(header)}
+    mid = len(body) // 2
+
+    exp = col["online_expectigrad"]
+    assert exp[-1] < exp[mid] < exp.max()
+    for opt in ("adam", "rmsprop"):
+        x = col[f"online_{opt}"]
+        assert x[-1] > x[mid] > 0
+    for opt in ("adam", "rmsprop", "adadelta"):
+        assert summary["results"]["online"][opt]["final_x"] > 0
+    for prob, res in summary["results"].items():
+        if prob.startswith("stochastic"):
+            assert col[f"{prob}_adam"][-1] > col[f"{prob}_adam"][mid] > 0
+            for opt in ("adam", "rmsprop"):
+                assert res[opt]["final_x"] > res["expectigrad"]["final_x"] + 1.0
+
+
+def test_first_hit_is_exact(tmp_path):
+    """The paper's small instance (C=3, N=3): Expectigrad reaches x <= -1 in
+    a few thousand steps; with x recorded every step, the summary's first
+    step must be the first CSV row with x <= -1."""
+    reddi = _import_reddi()
+    reddi.main(["--steps", "2500", "--record-every", "1", "--lr", "0.004", "--C", "3", "--N", "3",
+                "--stoch-runs", "1", "--stoch-C", "3", "--stoch-p", "0.3333333",
+                "--optimizers", "expectigrad,adam,yogi", "--out-dir", str(tmp_path)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    header, body = _read_csv(tmp_path / "trajectories.csv")
+    assert body.shape == (2501, 1 + 2 * 3)
+    hits = 0
+    for j, name in enumerate(header[1:], start=1):
+        prob, opt = name.split("_", 1)
+        hit = summary["results"][prob][opt][HIT]
+        # The CSV holds 9 significant digits: allow for rounding at -1.
+        surely_below = np.nonzero(body[:, j] <= -1.0 - 1e-7)[0]
+        maybe_below = np.nonzero(body[:, j] <= -1.0 + 1e-7)[0]
+        if hit is None:
+            assert surely_below.size == 0, name
+        else:
+            hits += 1
+            assert maybe_below.size and body[maybe_below[0], 0] <= hit, name
+            assert not surely_below.size or hit <= body[surely_below[0], 0], name
+            assert body[hit, j] <= -1.0 + 1e-7 and body[hit - 1, j] > -1.0 - 1e-7, name
+    assert summary["results"]["online"]["expectigrad"][HIT] is not None
+    assert summary["results"]["online"]["yogi"][HIT] is not None
+    assert hits >= 3
+
+
+def test_runs_as_module_and_rejects_bad_flags(tmp_path):
+    out = _run(["--help"], module=True)
+    assert "--quick" in out and "--beta2" in out
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    bad = subprocess.run([sys.executable, SCRIPT, "--optimizers", "adamw", "--out-dir", str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown optimizer" in bad.stderr
+
+
+def _import_reddi():
+    scripts = os.path.join(ROOT, "scripts")
+    if scripts not in sys.path:
+        sys.path.append(scripts)
+    import reddi
+
+    return reddi
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_stochastic_draws_match_reference(jit):
+    import tensorflow as tf
+
+    reddi = _import_reddi()
+    seed, runs = 7, 3
+    keys = tf.constant([reddi.run_key(seed, r) for r in range(runs)], tf.uint64)
+    draw = tf.function(lambda t: reddi.stochastic_uniform_tf(keys, t), jit_compile=jit)
+    for t in (1, 2, 101, 123_456_789, 2**40 + 3):
+        got = draw(tf.constant(t, tf.int64)).numpy()
+        want = [reddi.stochastic_uniform(seed, r, t) for r in range(runs)]
+        np.testing.assert_array_equal(got, want)
+    # Roughly uniform, and distinct per run.
+    u = np.array([[reddi.stochastic_uniform(0, r, t) for t in range(1, 20001)] for r in range(2)])
+    assert np.all((u >= 0) & (u < 1))
+    assert abs(u.mean() - 0.5) < 0.01 and abs((u < 0.01).mean() - 0.01) < 0.003
+    assert abs(np.corrcoef(u[0], u[1])[0, 1]) < 0.03
+
+
+def test_xla_and_plain_graph_agree(tmp_path):
+    """Same trajectories with and without XLA (in this process: the script
+    then leaves TensorFlow's thread settings alone)."""
+    reddi = _import_reddi()
+    common = ["--steps", "3000", "--stoch-runs", "2", "--record-every", "1000"]
+    a = reddi.main(common + ["--out-dir", str(tmp_path / "xla")])
+    b = reddi.main(common + ["--no-jit", "--out-dir", str(tmp_path / "plain")])
+    for prob, res in a["results"].items():
+        for opt, r in res.items():
+            assert r["final_x"] == pytest.approx(b["results"][prob][opt]["final_x"], rel=1e-12, abs=1e-14)
+    assert a["command"].endswith("--out-dir " + str(tmp_path / "xla"))
