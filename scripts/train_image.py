@@ -1,0 +1,765 @@
+"""Image-classification experiments of the Expectigrad paper (Figures 2-4).
+
+One script, many tasks::
+
+    --task mnist    --model mlp          Figure 2 right: 2x1000 ReLU MLP, 150 epochs
+    --task cifar10  --model vgg16        Figure 3: VGG-16 / ResNet-50, 250 epochs
+    --task cifar10  --model resnet50
+    --task imagenet --model mobilenetv2  Figure 4: MobileNetV2, 300 epochs
+
+Several optimizers (``--optimizer expectigrad,adam,...``) run in turn with
+identical seeds: the same initial weights and the same minibatch order.
+
+Data. With ``--data-dir`` holding the prepared TFDS dataset (mnist, cifar10,
+imagenet2012) the data come from ``tfds.load(name, data_dir=..., download=False)``.
+Otherwise (nothing is downloaded) the script uses offline data and says so:
+scikit-learn's handwritten digits (8x8 grey, 1,797 images, shipped with
+scikit-learn) for ``--task mnist``, and a deterministic generated set of
+coloured shapes and textures (``generate_images``; 10 classes, 32x32x3 by
+default) for ``--task cifar10`` / ``imagenet``. Output files are named after
+the data actually used (``digits_mlp_adam.csv``, ``generated_vgg16.png``, ...).
+
+Models. ``mlp`` (Flatten, 2 x Dense(1000, relu), Dense(classes)),
+``vgg16`` / ``resnet50`` / ``mobilenetv2`` (``keras.applications`` with
+``weights=None``, ``include_top=True``, the input shape of the data and logits
+out), and two small CNNs written here for CPU budgets, ``vgg_small`` (3 VGG
+blocks of two 3x3 convolutions) and ``resnet_small`` (3 stages of one basic
+residual block with batch norm). All models end in logits; the loss is
+sparse categorical cross-entropy from logits (no 1e-7 probability clipping,
+so very small training losses are measured correctly).
+
+Hyperparameters. ``--hparams paper`` (default) gives every optimizer the
+values the paper says it used: Expectigrad Adam's defaults (lr 1e-3, beta 0.9,
+epsilon 1e-8); Adam / AMSGrad / RMSProp / Adadelta / AdaGrad TensorFlow's
+defaults; Yogi the values Zaheer et al. (2018) recommend (lr 1e-2, epsilon
+1e-3). See ``PAPER_HPARAMS``. ``--hparams shared`` gives all of them
+``--lr --beta1 --beta2 --epsilon`` through ``baselines.make_optimizer``; with
+``paper`` an explicit ``--lr`` etc. overrides the preset for every optimizer.
+
+Outputs in ``--out-dir`` (prefix ``<data>_<model>``): one Keras CSVLogger file
+per optimizer (``<prefix>_<optimizer>.csv``: epoch, loss, acc, error, val_*,
+epoch_time_s), ``<prefix>.png`` (training loss, training error and validation
+error vs epoch, one line per optimizer, as in Figures 2-4) and
+``<prefix>_summary.json``. The logged training loss and error are Keras'
+running means over each epoch's minibatches (training mode).
+
+    python scripts/train_image.py --task mnist --model mlp --full \\
+        --optimizer expectigrad,adam,rmsprop,adadelta,amsgrad,yogi --out-dir docs/results/image
+    python scripts/train_image.py --task cifar10 --model vgg_small --epochs 5 --out-dir /tmp/img
+    python scripts/train_image.py --task mnist --model mlp --quick --out-dir /tmp/img
+    python scripts/train_image.py --replot docs/results/image/digits_mlp_summary.json
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+TASKS = ("mnist", "cifar10", "imagenet")
+MODELS = ("mlp", "vgg16", "resnet50", "mobilenetv2", "vgg_small", "resnet_small")
+TFDS_NAMES = {"mnist": "mnist", "cifar10": "cifar10", "imagenet": "imagenet2012"}
+
+# --full: the paper's settings (Section 4.2 and Section 6). The paper's
+# Appendix A (batch sizes, augmentation, grid search) is not available to us;
+# batch size 128 follows Kingma & Ba (2014), whose MNIST MLP the paper says it
+# follows, and 256 for ImageNet is our assumption.
+FULL_SETTINGS = {
+    "mnist": dict(model="mlp", epochs=150, batch_size=128, augment=False,
+                  optimizers="expectigrad,rmsprop,adadelta,adam"),
+    "cifar10": dict(model="vgg16", epochs=250, batch_size=128, augment=True,
+                    optimizers="adagrad,adam,amsgrad,yogi,expectigrad"),
+    "imagenet": dict(model="mobilenetv2", epochs=300, batch_size=256, augment=True,
+                     optimizers="expectigrad,yogi"),
+}
+QUICK_SETTINGS = {
+    "mlp": dict(epochs=2, batch_size=128, steps_per_epoch=None),
+    "cnn": dict(epochs=1, batch_size=16, steps_per_epoch=3, gen_train=96, gen_test=48),
+}
+DEFAULT_EPOCHS = {"mlp": 20, "cnn": 5}
+
+# Per-optimizer hyperparameters the paper says it used (Section 4.2: "default
+# hyperparameter values from TensorFlow" for the baselines, Adam's defaults
+# for Expectigrad; Figure 4: Yogi with the values recommended by Zaheer et
+# al., 2018). TensorFlow 1's tf.train defaults (epsilon 1e-8 Adam/Adadelta,
+# 1e-10 RMSProp, rho 0.9 RMSProp, 0.95 Adadelta). tf.train.RMSPropOptimizer
+# has no default learning rate; 1e-3 is tf.keras'.
+PAPER_HPARAMS = {
+    "expectigrad": dict(lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8),
+    "adam": dict(lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8),
+    "amsgrad": dict(lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8),
+    "rmsprop": dict(lr=1e-3, beta1=0.0, beta2=0.9, epsilon=1e-10),
+    "adadelta": dict(lr=1e-3, beta1=0.0, beta2=0.95, epsilon=1e-8),
+    "adagrad": dict(lr=1e-3, beta1=0.0, beta2=0.0, epsilon=1e-7),
+    "yogi": dict(lr=1e-2, beta1=0.9, beta2=0.999, epsilon=1e-3),
+    "sgd": dict(lr=1e-2, beta1=0.0, beta2=0.0, epsilon=0.0),
+}
+SHARED_DEFAULTS = dict(lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8)
+LABELS = {
+    "expectigrad": "Expectigrad", "adam": "Adam", "amsgrad": "AMSGrad", "rmsprop": "RMSProp",
+    "adadelta": "ADADELTA", "adagrad": "AdaGrad", "yogi": "Yogi", "sgd": "SGD",
+}
+COLORS = {
+    "expectigrad": "tab:red", "adam": "tab:blue", "rmsprop": "tab:orange",
+    "adadelta": "tab:green", "amsgrad": "tab:purple", "yogi": "tab:brown",
+    "adagrad": "tab:olive", "sgd": "tab:gray",
+}
+
+
+# --------------------------------------------------------------------- optimizers
+def make_optimizer(name, lr, beta1, beta2, epsilon):
+    """``baselines.make_optimizer`` when scripts/baselines.py exists (and
+    AdaGrad, which it lacks, as keras' Adagrad); else a minimal local factory."""
+    import keras
+
+    key = name.lower()
+    if key == "adagrad":
+        return keras.optimizers.Adagrad(learning_rate=lr, epsilon=epsilon)
+    try:
+        import baselines
+    except ImportError:
+        baselines = None
+    if baselines is not None:
+        return baselines.make_optimizer(key, lr, beta1, beta2, epsilon)
+    from expectigrad_tf import Expectigrad
+
+    if key == "expectigrad":
+        return Expectigrad(learning_rate=lr, beta=beta1, epsilon=epsilon)
+    if key in ("adam", "amsgrad"):
+        return keras.optimizers.Adam(lr, beta_1=beta1, beta_2=beta2, epsilon=epsilon,
+                                     amsgrad=key == "amsgrad")
+    if key == "rmsprop":
+        return keras.optimizers.RMSprop(lr, rho=beta2, epsilon=epsilon)
+    if key == "adadelta":
+        return keras.optimizers.Adadelta(lr, rho=beta2, epsilon=epsilon)
+    if key == "sgd":
+        return keras.optimizers.SGD(lr)
+    raise ValueError(f"optimizer {name!r} needs scripts/baselines.py")
+
+
+def optimizer_hparams(name, args):
+    """(lr, beta1, beta2, epsilon) for optimizer ``name`` under ``args.hparams``."""
+    base = dict(PAPER_HPARAMS.get(name, SHARED_DEFAULTS)) if args.hparams == "paper" \
+        else dict(SHARED_DEFAULTS)
+    for key in ("lr", "beta1", "beta2", "epsilon"):
+        value = getattr(args, key)
+        if value is not None:
+            base[key] = value
+    return base
+
+
+# --------------------------------------------------------------------- data
+def load_digits_split(seed=0, test_fraction=0.2):
+    """scikit-learn's 8x8 digits as images (N, 8, 8, 1) float32 in [0, 1], a
+    fixed stratified split (seed 0: 1,437 train / 360 test)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32").reshape(-1, 8, 8, 1)
+    y = y.astype("int32")
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    return (x_tr, y_tr), (x_te, y_te)
+
+
+GENERATED_CLASSES = (
+    "disk", "ring", "square", "triangle", "plus", "horizontal stripes",
+    "vertical stripes", "checkerboard", "dot grid", "two disks",
+)
+
+
+def _rotate(u, v, angle):
+    c, s = math.cos(angle), math.sin(angle)
+    return c * u + s * v, -s * u + c * v
+
+
+def _render(cls, rng, size):
+    """One image of class ``cls``: (size, size, 3) float in [0, 1]."""
+    coords = (np.arange(size, dtype=np.float64) + 0.5) / size
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    aa = 1.5 / size  # anti-aliasing width
+
+    def smooth(signed_distance):  # 1 inside (distance < 0), 0 outside
+        return np.clip(0.5 - signed_distance / aa, 0.0, 1.0)
+
+    cx, cy = rng.uniform(0.35, 0.65, size=2)
+    r = rng.uniform(0.16, 0.3)
+    angle = rng.uniform(0, 2 * math.pi)
+    u, v = _rotate(xx - cx, yy - cy, angle)
+    if cls == 0:  # disk
+        mask = smooth(np.hypot(u, v) - r)
+    elif cls == 1:  # ring
+        width = rng.uniform(0.25, 0.4) * r
+        mask = smooth(np.abs(np.hypot(u, v) - r) - width / 2)
+    elif cls == 2:  # rotated square
+        mask = smooth(np.maximum(np.abs(u), np.abs(v)) - 0.8 * r)
+    elif cls == 3:  # rotated equilateral triangle (max of three half-planes)
+        d = np.full_like(u, -np.inf)
+        for k in range(3):
+            nu, nv = math.cos(2 * math.pi * k / 3), math.sin(2 * math.pi * k / 3)
+            d = np.maximum(d, u * nu + v * nv - 0.55 * r)
+        mask = smooth(d)
+    elif cls == 4:  # plus
+        arm = rng.uniform(0.2, 0.32) * r
+        bar1 = np.maximum(np.abs(u) - r, np.abs(v) - arm)
+        bar2 = np.maximum(np.abs(v) - r, np.abs(u) - arm)
+        mask = smooth(np.minimum(bar1, bar2))
+    elif cls in (5, 6):  # stripes, horizontal or vertical (+- 20 degrees)
+        theta = rng.uniform(-0.35, 0.35) + (0.0 if cls == 5 else math.pi / 2)
+        period = rng.uniform(0.12, 0.25)
+        su, sv = _rotate(xx, yy, theta)
+        phase = rng.uniform(0, period)
+        mask = smooth(np.abs(((sv + phase) % period) - period / 2) - period / 4)
+    elif cls == 7:  # checkerboard, random cell size and small rotation
+        cell = rng.uniform(0.12, 0.22)
+        su, sv = _rotate(xx, yy, rng.uniform(-0.3, 0.3))
+        su, sv = su + rng.uniform(0, cell), sv + rng.uniform(0, cell)
+        mask = ((np.floor(su / cell) + np.floor(sv / cell)) % 2).astype(np.float64)
+    elif cls == 8:  # grid of small dots
+        cell = rng.uniform(0.14, 0.22)
+        su, sv = xx + rng.uniform(0, cell), yy + rng.uniform(0, cell)
+        du, dv = (su % cell) - cell / 2, (sv % cell) - cell / 2
+        mask = smooth(np.hypot(du, dv) - cell * rng.uniform(0.2, 0.3))
+    elif cls == 9:  # two separated disks
+        offset = rng.uniform(0.17, 0.25)
+        r2 = r * 0.55
+        d1 = np.hypot(u - offset, v) - r2
+        d2 = np.hypot(u + offset, v) - r2
+        mask = smooth(np.minimum(d1, d2))
+    else:
+        raise ValueError(cls)
+
+    # Colours independent of the class: foreground and background differ by
+    # at least 0.35 in mean intensity so that the shape is visible.
+    bg = rng.uniform(0, 1, size=3)
+    fg = rng.uniform(0, 1, size=3)
+    while abs(fg.mean() - bg.mean()) < 0.35:
+        fg = rng.uniform(0, 1, size=3)
+    gradient = rng.normal(0, 0.08, size=(2, 3))  # low-frequency background shading
+    background = bg + (xx - 0.5)[..., None] * gradient[0] + (yy - 0.5)[..., None] * gradient[1]
+    image = background * (1 - mask[..., None]) + fg * mask[..., None]
+    image = image + rng.normal(0, 0.04, size=image.shape)
+    return np.clip(image, 0, 1)
+
+
+def generate_images(n, size=32, seed=0, num_classes=10):
+    """A deterministic, class-balanced set of procedurally generated images.
+
+    Returns (images uint8 (n, size, size, 3), labels int32 (n,)). Labels are
+    ``arange(n) % num_classes`` shuffled, so class counts differ by at most
+    one. Each image is a shape or texture (``GENERATED_CLASSES``) at a random
+    position, size, rotation and phase, in random foreground / background
+    colours (independent of the class) with shading and pixel noise, so a
+    classifier has to learn shape and orientation, not colour. The same
+    (n, size, seed, num_classes) always gives the same bytes.
+    """
+    if not 2 <= num_classes <= len(GENERATED_CLASSES):
+        raise ValueError(f"num_classes must be in [2, {len(GENERATED_CLASSES)}]")
+    if size < 8:
+        raise ValueError("size must be >= 8")
+    rng = np.random.default_rng([int(seed), int(size), int(num_classes), 20201128])
+    labels = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i, cls in enumerate(labels):
+        images[i] = np.round(_render(int(cls), rng, size) * 255).astype(np.uint8)
+    return images, labels
+
+
+def save_samples(path, n_per_class=8, size=32, seed=0):
+    """A montage of generated images, one row per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, y = generate_images(n_per_class * len(GENERATED_CLASSES), size, seed=seed)
+    fig, axes = plt.subplots(len(GENERATED_CLASSES), n_per_class,
+                             figsize=(n_per_class * 0.9 + 1.6, len(GENERATED_CLASSES) * 0.9))
+    for c, row in enumerate(axes):
+        for ax, i in zip(row, np.flatnonzero(y == c)):
+            ax.imshow(x[i], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(GENERATED_CLASSES[c], rotation=0, ha="right", va="center", fontsize=8)
+    fig.subplots_adjust(left=0.2, right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.05)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+class Data:
+    """Train/test tf.data sources plus what the summary needs."""
+
+    def __init__(self, source, tag, train, test, num_classes, image_shape, scale,
+                 n_train=None, n_test=None, cacheable=True):
+        self.source, self.tag = source, tag
+        self.train, self.test = train, test  # unbatched tf.data.Dataset of (image, label)
+        self.num_classes, self.image_shape, self.scale = num_classes, image_shape, scale
+        self.n_train, self.n_test, self.cacheable = n_train, n_test, cacheable
+
+
+def load_data(args, log=print):
+    """TFDS when --data-dir holds the prepared dataset, else offline data."""
+    import tensorflow as tf
+
+    name = TFDS_NAMES[args.task]
+    if args.data_source in ("auto", "tfds") and args.data_dir:
+        try:
+            import tensorflow_datasets as tfds
+
+            (train, test), info = tfds.load(
+                name, data_dir=args.data_dir, download=False,
+                split=["train", "validation" if args.task == "imagenet" else "test"],
+                as_supervised=True, with_info=True)
+            num_classes = info.features["label"].num_classes
+            shape = tuple(info.features["image"].shape)
+            log(f"data: TFDS '{name}' from {args.data_dir}")
+            return Data(f"tfds:{name}", name, train, test, num_classes, shape, 255.0,
+                        cacheable=args.task != "imagenet")
+        except Exception as exc:  # noqa: BLE001 - any failure: fall back or stop
+            if args.data_source == "tfds":
+                raise SystemExit(f"TFDS '{name}' could not be loaded from {args.data_dir}: {exc}")
+            log(f"data: TFDS '{name}' not available in {args.data_dir} "
+                f"({type(exc).__name__}); falling back to offline data")
+    elif args.data_source == "tfds":
+        raise SystemExit("--data-source tfds needs --data-dir")
+
+    if args.task == "mnist":
+        (x, y), (xt, yt) = load_digits_split(args.seed_data)
+        log(f"data: OFFLINE scikit-learn handwritten digits (8x8 grey, {len(x)} train / "
+            f"{len(xt)} test) standing in for MNIST")
+        tag, source, scale = "digits", "sklearn-digits", 1.0
+    else:
+        x, y = generate_images(args.gen_train, args.gen_size, seed=args.seed_data)
+        xt, yt = generate_images(args.gen_test, args.gen_size, seed=args.seed_data + 1)
+        log(f"data: OFFLINE generated shapes/textures ({len(GENERATED_CLASSES)} classes, "
+            f"{args.gen_size}x{args.gen_size}x3, {len(x)} train / {len(xt)} test) standing in "
+            f"for {name}")
+        tag, source, scale = "generated", "generated-shapes", 255.0
+    train = tf.data.Dataset.from_tensor_slices((x, y))
+    test = tf.data.Dataset.from_tensor_slices((xt, yt))
+    return Data(source, tag, train, test, int(max(y.max(), yt.max()) + 1), x.shape[1:], scale,
+                n_train=len(x), n_test=len(xt))
+
+
+def input_shape_for(args, data):
+    """(features,) for the MLP; (side, side, 3) for CNNs: --image-size, else
+    224 for TFDS ImageNet, else the data's side but at least 32."""
+    if args.model == "mlp":
+        if any(d is None for d in data.image_shape):
+            raise SystemExit(f"--model mlp needs fixed-size images; {data.source} has "
+                             f"{data.image_shape}")
+        return (int(np.prod(data.image_shape)),)
+    size = args.image_size
+    if size is None:
+        native = data.image_shape[0]
+        size = 224 if native is None else max(32, int(native))
+    return (size, size, 3)
+
+
+def make_pipelines(args, data, input_shape, seed):
+    """Batched train / test datasets; the train order depends only on ``seed``."""
+    import tensorflow as tf
+
+    is_mlp = args.model == "mlp"
+    scale = float(data.scale)
+
+    def prep(image, label, training):
+        image = tf.cast(image, tf.float32) / scale
+        label = tf.cast(label, tf.int32)
+        if is_mlp:
+            return tf.reshape(image, [-1]), label
+        size = input_shape[0]
+        if image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        if image.shape[0] != size or image.shape[1] != size:
+            image = tf.image.resize(image, [size, size])
+        if training and args.augment:  # pad-and-crop (4 px at 32x32) and horizontal flip
+            pad = max(4, size // 8)
+            image = tf.image.resize_with_crop_or_pad(image, size + 2 * pad, size + 2 * pad)
+            image = tf.image.random_crop(image, [size, size, 3])
+            image = tf.image.random_flip_left_right(image)
+        image = (image - 0.5) / 0.25
+        return image, label
+
+    train = data.train
+    if data.cacheable:
+        train = train.cache()
+    train = train.shuffle(args.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    train = train.map(lambda x, y: prep(x, y, True), num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=True)
+    if args.steps_per_epoch:
+        train = train.repeat()
+    train = train.batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
+    test = data.test.map(lambda x, y: prep(x, y, False), num_parallel_calls=tf.data.AUTOTUNE)
+    if data.cacheable:
+        test = test.cache()
+    test = test.batch(max(args.batch_size, 256)).prefetch(tf.data.AUTOTUNE)
+    return train, test
+
+
+# --------------------------------------------------------------------- models
+def build_model(model_name, input_shape, num_classes, mlp_hidden=1000, width=16, alpha=1.0):
+    """A Keras model ending in logits (no softmax)."""
+    import keras
+    from keras import layers
+
+    if model_name == "mlp":
+        return keras.Sequential(
+            [keras.Input(input_shape),
+             layers.Dense(mlp_hidden, activation="relu"),
+             layers.Dense(mlp_hidden, activation="relu"),
+             layers.Dense(num_classes)], name="mlp_2x%d" % mlp_hidden)
+    common = dict(weights=None, include_top=True, input_shape=input_shape,
+                  classes=num_classes, classifier_activation=None)
+    if model_name == "vgg16":
+        return keras.applications.VGG16(**common)
+    if model_name == "resnet50":
+        return keras.applications.ResNet50(**common)
+    if model_name == "mobilenetv2":
+        return keras.applications.MobileNetV2(alpha=alpha, **common)
+    if model_name == "vgg_small":
+        x = inputs = keras.Input(input_shape)
+        for k, filters in enumerate((width, 2 * width, 4 * width)):
+            for j in range(2):
+                x = layers.Conv2D(filters, 3, padding="same", activation="relu",
+                                  name=f"block{k + 1}_conv{j + 1}")(x)
+            x = layers.MaxPooling2D(2, name=f"block{k + 1}_pool")(x)
+        x = layers.Flatten()(x)
+        x = layers.Dense(8 * width, activation="relu", name="fc")(x)
+        return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="vgg_small")
+    if model_name == "resnet_small":
+        x = inputs = keras.Input(input_shape)
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = layers.ReLU()(layers.BatchNormalization()(x))
+        for k, filters in enumerate((width, 2 * width, 4 * width)):
+            stride = 1 if k == 0 else 2
+            shortcut = x
+            y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+            y = layers.ReLU()(layers.BatchNormalization()(y))
+            y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+            y = layers.BatchNormalization()(y)
+            if stride != 1 or shortcut.shape[-1] != filters:
+                shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+                shortcut = layers.BatchNormalization()(shortcut)
+            x = layers.ReLU()(layers.Add()([y, shortcut]))
+        x = layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x),
+                           name="resnet_small")
+    raise ValueError(f"unknown model {model_name!r}")
+
+
+# --------------------------------------------------------------------- training
+def _extras_callback(top5):
+    import keras
+
+    class Extras(keras.callbacks.Callback):
+        """Adds error = 1 - accuracy and the epoch's wall time to the logs
+        (placed before CSVLogger, so they are written to the CSV)."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is None:
+                return
+            for prefix in ("", "val_"):
+                if prefix + "acc" in logs:
+                    logs[prefix + "error"] = 1.0 - float(logs[prefix + "acc"])
+                if top5 and prefix + "top5_acc" in logs:
+                    logs[prefix + "top5_error"] = 1.0 - float(logs[prefix + "top5_acc"])
+            logs["epoch_time_s"] = time.perf_counter() - self._start
+
+    return Extras()
+
+
+def train_one(args, data, optimizer_name, input_shape, log=print):
+    """Trains one model with one optimizer; returns its summary dict."""
+    import keras
+
+    hp = optimizer_hparams(optimizer_name, args)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(args.seed)
+    model = build_model(args.model, input_shape, data.num_classes, args.mlp_hidden,
+                        args.width, args.alpha)
+    optimizer = make_optimizer(optimizer_name, hp["lr"], hp["beta1"], hp["beta2"], hp["epsilon"])
+    top5 = data.num_classes > 10
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="acc")]
+    if top5:
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_acc"))
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=metrics, jit_compile=args.jit_compile)
+    train, test = make_pipelines(args, data, input_shape, args.seed)
+    csv_path = os.path.join(args.out_dir, f"{args.prefix}_{optimizer_name}.csv")
+    callbacks = [_extras_callback(top5), keras.callbacks.CSVLogger(csv_path)]
+    log(f"--- {LABELS.get(optimizer_name, optimizer_name)}: lr={hp['lr']:g} beta1={hp['beta1']:g} "
+        f"beta2={hp['beta2']:g} epsilon={hp['epsilon']:g}; model {model.name} "
+        f"({model.count_params():,} parameters), input {input_shape}")
+    start = time.perf_counter()
+    history = model.fit(
+        train, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        validation_data=None if args.no_validation else test,
+        validation_steps=args.validation_steps if not args.no_validation else None,
+        callbacks=callbacks, shuffle=False,  # the dataset is shuffled (seeded) above
+        verbose=0 if args.quiet else args.verbose)
+    seconds = time.perf_counter() - start
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    final = {k: vals[-1] for k, vals in hist.items() if vals}
+    result = {
+        "optimizer": optimizer_name,
+        "hyperparameters": hp,
+        "csv": os.path.basename(csv_path),
+        "parameters": int(model.count_params()),
+        "seconds": seconds,
+        "epochs": len(hist.get("loss", [])),
+        "final_train_loss": final.get("loss"),
+        "min_train_loss": min(hist["loss"]) if hist.get("loss") else None,
+        "final_train_error": final.get("error"),
+        "final_val_loss": final.get("val_loss"),
+        "final_val_error": final.get("val_error"),
+        "final_val_top5_error": final.get("val_top5_error"),
+        "finite": all(math.isfinite(v) for v in hist.get("loss", [])),
+    }
+    if optimizer_name == "expectigrad" and hasattr(optimizer, "dispatch_report"):
+        try:
+            result["expectigrad_paths"] = sorted(
+                {str(v[0]) for v in optimizer.dispatch_report().values()})
+        except Exception:  # noqa: BLE001 - informative only
+            pass
+    log(f"    {optimizer_name}: {seconds:.1f}s, final train loss {result['final_train_loss']:.4g}, "
+        f"train error {result['final_train_error']:.4f}"
+        + ("" if result["final_val_error"] is None
+           else f", val error {result['final_val_error']:.4f}"))
+    return result
+
+
+# --------------------------------------------------------------------- plots
+def read_log(path):
+    """A CSVLogger file as {column: np.array}."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows])
+            for k in rows[0]}
+
+
+def plot_curves(out_png, logs, title, top5=False):
+    """Training loss, training error, validation error vs epoch (Figures 2-4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_val = any("val_error" in log for log in logs.values())
+    panels = [("loss", "training loss", True), ("error", "training error (top-1)", False)]
+    if has_val:
+        key = "val_top5_error" if top5 else "val_error"
+        panels.append((key, "validation error (%s)" % ("top-5" if top5 else "top-1"), False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6))
+    for ax, (key, ylabel, logy) in zip(np.atleast_1d(axes), panels):
+        for name, log in logs.items():
+            if key not in log:
+                continue
+            epochs = log["epoch"] + 1
+            y = log[key]
+            if logy:
+                y = np.where(y > 0, y, np.nan)
+            ours = name == "expectigrad"  # drawn on top, solid; the others dashed
+            ax.plot(epochs, y, label=LABELS.get(name, name), color=COLORS.get(name),
+                    marker="o" if len(epochs) <= 12 else None, ms=3, lw=1.8 if ours else 1.3,
+                    ls="-" if ours else "--", zorder=3 if ours else 2)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both" if logy else "major")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------- CLI
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", choices=TASKS, default="mnist")
+    p.add_argument("--model", choices=MODELS, default=None,
+                   help="default: mlp for mnist, vgg16 for cifar10, mobilenetv2 for imagenet")
+    p.add_argument("--optimizer", "--optimizers", dest="optimizer", default=None,
+                   help="comma-separated; run in turn with identical seeds. Default: "
+                        "expectigrad,adam (the paper's list per task with --full)")
+    p.add_argument("--hparams", choices=("paper", "shared"), default="paper",
+                   help="paper: per-optimizer values the paper used (PAPER_HPARAMS); shared: "
+                        "--lr/--beta1/--beta2/--epsilon for all (defaults 1e-3/0.9/0.999/1e-8)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--beta1", type=float, default=None,
+                   help="Expectigrad beta, Adam/AMSGrad/Yogi beta_1")
+    p.add_argument("--beta2", type=float, default=None,
+                   help="Adam/AMSGrad/Yogi beta_2, RMSProp/Adadelta rho")
+    p.add_argument("--epsilon", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="default 128 (mlp) / 64 (CNNs)")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="minibatches per epoch (the training set repeats); default: one pass")
+    p.add_argument("--validation-steps", type=int, default=None)
+    p.add_argument("--no-validation", action="store_true")
+    p.add_argument("--data-dir", default=None, help="TFDS data_dir holding the prepared dataset")
+    p.add_argument("--data-source", choices=("auto", "tfds", "offline"), default="auto")
+    p.add_argument("--gen-train", type=int, default=5000, help="generated set: training images")
+    p.add_argument("--gen-test", type=int, default=1000, help="generated set: test images")
+    p.add_argument("--gen-size", type=int, default=32, help="generated set: image side")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="CNN input side (default: the data's, at least 32; 224 for ImageNet)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop + flip (default: on with --full for cifar10/imagenet)")
+    p.add_argument("--mlp-hidden", type=int, default=1000)
+    p.add_argument("--width", type=int, default=16, help="vgg_small/resnet_small base channels")
+    p.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
+    p.add_argument("--seed", type=int, default=0, help="weights and minibatch order")
+    p.add_argument("--seed-data", type=int, default=0, help="data split / generated set")
+    p.add_argument("--shuffle-buffer", type=int, default=60000)
+    p.add_argument("--jit-compile", action="store_true", help="XLA (default off)")
+    p.add_argument("--out-dir", default="runs/image")
+    p.add_argument("--tag", default=None, help="file prefix (default <data>_<model>)")
+    p.add_argument("--quick", action="store_true",
+                   help="a few seconds: MLP 2 epochs; CNNs 1 epoch of 3 steps on 96 images")
+    p.add_argument("--full", action="store_true",
+                   help="the paper's settings: epochs, batch size, augmentation, optimizer list")
+    p.add_argument("--replot", metavar="SUMMARY_JSON", default=None,
+                   help="only redraw the PNG of an earlier run from its summary JSON and CSVs "
+                        "(must be the only argument)")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.replot:
+        p.error("--replot must be the only argument")
+    if args.quick and args.full:
+        p.error("--quick and --full exclude each other")
+
+    full = FULL_SETTINGS[args.task]
+    if args.model is None:
+        args.model = full["model"]
+    kind = "mlp" if args.model == "mlp" else "cnn"
+    if args.full:
+        args.epochs = args.epochs or full["epochs"]
+        args.batch_size = args.batch_size or full["batch_size"]
+        args.optimizer = args.optimizer or full["optimizers"]
+        if args.augment is None:
+            args.augment = full["augment"] and kind == "cnn"
+    if args.quick:
+        quick = QUICK_SETTINGS[kind]
+        args.epochs = args.epochs or quick["epochs"]
+        args.batch_size = args.batch_size or quick["batch_size"]
+        args.steps_per_epoch = args.steps_per_epoch or quick["steps_per_epoch"]
+        if kind == "cnn":
+            args.gen_train = min(args.gen_train, quick["gen_train"])
+            args.gen_test = min(args.gen_test, quick["gen_test"])
+            args.validation_steps = args.validation_steps or 1
+    args.epochs = args.epochs or DEFAULT_EPOCHS[kind]
+    args.batch_size = args.batch_size or (128 if kind == "mlp" else 64)
+    args.augment = bool(args.augment)
+    args.optimizer = [o.strip().lower() for o in (args.optimizer or "expectigrad,adam").split(",")
+                      if o.strip()]
+    known = set(PAPER_HPARAMS)
+    unknown = [o for o in args.optimizer if o not in known]
+    if unknown or not args.optimizer:
+        p.error(f"unknown optimizer(s) {unknown}; known: {sorted(known)}")
+    if len(set(args.optimizer)) != len(args.optimizer):
+        p.error("an optimizer is listed twice")
+    if args.epochs < 1 or args.batch_size < 1:
+        p.error("--epochs and --batch-size must be >= 1")
+    if args.image_size is not None and args.image_size < 32 and kind == "cnn":
+        p.error("--image-size must be >= 32 (keras.applications minimum)")
+    return args
+
+
+def replot(summary_path):
+    """Redraws ``<prefix>.png`` from a summary JSON and its CSV files."""
+    with open(summary_path) as f:
+        summary = json.load(f)
+    out_dir = os.path.dirname(os.path.abspath(summary_path))
+    logs = {r["optimizer"]: read_log(os.path.join(out_dir, r["csv"])) for r in summary["results"]}
+    title = (f"{summary['data_source']}: {summary['model']} "
+             f"({summary['results'][0]['parameters']:,} params), "
+             f"batch {summary['batch_size']}, seed {summary['seed']}")
+    png = os.path.join(out_dir, summary["png"])
+    plot_curves(png, logs, title, top5=summary["num_classes"] > 10)
+    return png
+
+
+def main(argv=None, log=print):
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    if argv_list[:1] == ["--replot"]:
+        if len(argv_list) != 2:
+            raise SystemExit("usage: train_image.py --replot SUMMARY_JSON")
+        log(f"wrote {replot(argv_list[1])}")
+        return None
+    args = parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    import keras
+    import tensorflow as tf
+
+    data = load_data(args, log)
+    input_shape = input_shape_for(args, data)
+    args.prefix = args.tag or f"{data.tag}_{args.model}"
+    log(f"task {args.task}, model {args.model}, optimizers {','.join(args.optimizer)}, "
+        f"{args.epochs} epoch(s), batch {args.batch_size}"
+        + (f", {args.steps_per_epoch} steps/epoch" if args.steps_per_epoch else "")
+        + (", augmentation" if args.augment else "")
+        + f", hparams={args.hparams}, jit_compile={args.jit_compile}")
+    results = []
+    start = time.perf_counter()
+    for name in args.optimizer:
+        results.append(train_one(args, data, name, input_shape, log))
+    elapsed = time.perf_counter() - start
+
+    logs = {r["optimizer"]: read_log(os.path.join(args.out_dir, r["csv"])) for r in results}
+    top5 = data.num_classes > 10
+    title = (f"{data.source}: {args.model} ({results[0]['parameters']:,} params), "
+             f"batch {args.batch_size}, seed {args.seed}")
+    png = os.path.join(args.out_dir, f"{args.prefix}.png")
+    plot_curves(png, logs, title, top5=top5)
+    if data.source == "generated-shapes":
+        save_samples(os.path.join(args.out_dir, "generated_samples.png"), size=args.gen_size,
+                     seed=args.seed_data)
+    summary = {
+        "command": "python scripts/train_image.py " + " ".join(argv if argv is not None
+                                                               else sys.argv[1:]),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "tensorflow": tf.__version__, "keras": keras.__version__,
+                    "gpus": len(tf.config.list_physical_devices("GPU"))},
+        "task": args.task, "model": args.model, "data_source": data.source,
+        "n_train": data.n_train, "n_test": data.n_test, "num_classes": data.num_classes,
+        "input_shape": list(input_shape), "epochs": args.epochs, "batch_size": args.batch_size,
+        "steps_per_epoch": args.steps_per_epoch, "augment": args.augment,
+        "hparams_mode": args.hparams, "seed": args.seed, "jit_compile": args.jit_compile,
+        "quick": args.quick, "full": args.full, "png": os.path.basename(png),
+        "elapsed_s": elapsed, "results": results,
+    }
+    with open(os.path.join(args.out_dir, f"{args.prefix}_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    log(f"wrote {png} and {args.prefix}_*.csv / _summary.json in {args.out_dir}; "
+        f"done in {elapsed:.1f}s")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
