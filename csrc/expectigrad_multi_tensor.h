@@ -18,8 +18,10 @@ namespace expectigrad {
 // the others (and like the CUDA kernel and NumPy): no FMA contraction.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__) && \
     !defined(EXPECTIGRAD_NO_CLONES)
+// flatten: inline the whole loop into each clone (otherwise GCC may keep one
+// out-of-line baseline copy of a large instantiation, e.g. float64).
 #define EXPECTIGRAD_CLONES \
-  __attribute__((target_clones("avx512f", "avx2", "default")))
+  __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
 #else
 #define EXPECTIGRAD_CLONES
 #endif
