@@ -307,20 +307,22 @@ class Expectigrad(keras.optimizers.Optimizer):
             else:
                 distribution.extended.update(
                     var,
-                    lambda v, g: self.update_step(g, v, learning_rate),
-                    args=(grad,),
+                    lambda v, g, lr: self.update_step(g, v, lr),
+                    args=(grad, learning_rate),
                     group=False,
                 )
         for pairs in groups.values():
             grads = [g for g, _ in pairs]
             variables = [v for _, v in pairs]
             # One op call per group and device. Inside update(), every
-            # distributed variable and value resolves to this replica's
-            # component, so the whole list goes into one call per replica.
+            # distributed variable resolves to this replica's component, and
+            # per-replica values passed in args (gradients, learning rate)
+            # are selected for it, so the whole list goes into one call per
+            # replica.
             distribution.extended.update(
                 variables[0],
-                lambda _, gs: self._fused_apply(variables, gs, learning_rate),
-                args=(grads,),
+                lambda _, gs, lr: self._fused_apply(variables, gs, lr),
+                args=(grads, learning_rate),
                 group=False,
             )
 

@@ -224,23 +224,26 @@ def test_fuzz_raw_op_clean_error_or_correct(n, sizes, grad_delta, dtype, state_m
 
 
 def _mirrored_check():
-    """Run by test_mirrored_subprocess.py in a process with two logical CPUs."""
+    """Run by test_mirrored_subprocess.py in a process with two logical CPUs:
+    fused and composite paths, with a schedule (a per-replica learning rate)."""
     import keras
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 6)).astype("float32")
     y = rng.standard_normal((64, 1)).astype("float32")
-    weights = {}
-    for name, strategy in [("single", tf.distribute.get_strategy()),
-                           ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
-        with strategy.scope():
-            keras.utils.set_random_seed(0)
-            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"),
-                                      keras.layers.Dense(1)])
-            opt = Expectigrad(0.01)
-            model.compile(optimizer=opt, loss="mse")
-        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
-        assert {p for p, _ in opt.dispatch_report().values()} == {"fused"}, opt.dispatch_report()
-        weights[name] = model.get_weights()
-    for a, b in zip(weights["single"], weights["mirrored"]):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    for fused, expected in ((None, "fused"), (False, "composite")):
+        weights = {}
+        for name, strategy in [("single", tf.distribute.get_strategy()),
+                               ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+            with strategy.scope():
+                keras.utils.set_random_seed(0)
+                model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"),
+                                          keras.layers.Dense(1)])
+                lr = keras.optimizers.schedules.ExponentialDecay(0.01, 4, 0.5)
+                opt = Expectigrad(lr, fused=fused)
+                model.compile(optimizer=opt, loss="mse")
+            model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+            assert {p for p, _ in opt.dispatch_report().values()} == {expected}, opt.dispatch_report()
+            weights[name] = model.get_weights()
+        for a, b in zip(weights["single"], weights["mirrored"]):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
