@@ -67,7 +67,17 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["expectigrad_tf", "expectigrad_tf.*"]),
+    packages=find_packages(include=["expectigrad_tf", "expectigrad_tf.*"])
+    # The scripts ship too (under a name that cannot clash), so the console
+    # commands below work from a regular, non-editable install.
+    + ["expectigrad_tf_scripts", "expectigrad_tf_scripts.translation"],
+    package_dir={"expectigrad_tf_scripts": "scripts"},
+    entry_points={
+        "console_scripts": [
+            "expectigrad-translate = expectigrad_tf_scripts.translate:main",
+            "expectigrad-demo = expectigrad_tf_scripts.demo:main",
+        ]
+    },
     package_data={"expectigrad_tf": ["*.so", "_build_info.json"]},
     ext_modules=[_harness_extension()],
     cmdclass={"build_ext": BuildExt},
