@@ -59,9 +59,15 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
+    import tensorflow as tf
+
     status = expectigrad_tf.fused_status()
-    print(f"expectigrad_tf {expectigrad_tf.__version__}: fused op "
-          f"{'on ' + '/'.join(status['devices']) if status['available'] else 'unavailable (' + str(status['reason']) + ')'}")
+    if status["available"]:
+        fused = (f"fused op loaded, kernels for {', '.join(status['devices'])}; "
+                 f"{len(tf.config.list_physical_devices('GPU'))} GPU(s) visible")
+    else:
+        fused = f"fused op unavailable ({status['reason']}): composite path"
+    print(f"expectigrad_tf {expectigrad_tf.__version__}: {fused}")
     data = load_digits_split(args.seed)
     print(f"digits: {len(data[0][0])} train / {len(data[1][0])} test images, "
           f"MLP 64-256-256-10, batch {args.batch_size}, lr {args.lr}, {args.epochs} epochs\n")
