@@ -33,6 +33,13 @@ _FUSED_STRATEGIES = (
 )
 
 
+def _in_xla():
+    """True while tracing inside an XLA compilation (jit_compile=True)."""
+    return _TF_BACKEND and control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )
+
+
 def _state_dtype(dtype):
     """sum/count dtype for a variable dtype: float32 for 16-bit floats."""
     dtype = keras.backend.standardize_dtype(dtype)
@@ -240,9 +247,7 @@ class Expectigrad(keras.optimizers.Optimizer):
         """The one dispatch point: returns (path, reason) for a variable."""
         if _TF_BACKEND and isinstance(gradient, tf.IndexedSlices):
             return SPARSE, "gradient is tf.IndexedSlices: sparse composite path"
-        if _TF_BACKEND and control_flow_util.GraphOrParentsInXlaContext(
-            tf.compat.v1.get_default_graph()
-        ):
+        if _in_xla():
             return COMPOSITE_XLA, "inside an XLA compilation (jit_compile=True): XLA fuses the composite ops"
         reason = self._fused_unavailable_reason()
         if reason is not None:
@@ -278,7 +283,7 @@ class Expectigrad(keras.optimizers.Optimizer):
                 self._record(var, path, reason)
                 self.update_step(grad, var, learning_rate)
             return
-        if not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        if not _in_xla():
             # A schedule or callable may produce NaN/inf: fail at this step,
             # before any state is touched, on every path.
             learning_rate = tf.debugging.check_numerics(
@@ -321,7 +326,8 @@ class Expectigrad(keras.optimizers.Optimizer):
             # replica.
             distribution.extended.update(
                 variables[0],
-                lambda _, gs, lr: self._fused_apply(variables, gs, lr),
+                # vs=variables binds this group now, not the loop's last one.
+                lambda _, gs, lr, vs=variables: self._fused_apply(vs, gs, lr),
                 args=(grads, learning_rate),
                 group=False,
             )
