@@ -6,7 +6,7 @@ from expectigrad_tf import Expectigrad
 
 def run_trajectory(problem, x0, steps, opt_kwargs, dtype="float64", use_function=True):
     """Runs Expectigrad on an online problem; returns the final x and optimizer."""
-    from reference import online_gradient
+    from expectigrad_tf.reference import online_gradient
 
     var = tf.Variable(np.asarray(x0, dtype=dtype))
     opt = Expectigrad(**opt_kwargs)
@@ -24,7 +24,7 @@ def run_trajectory(problem, x0, steps, opt_kwargs, dtype="float64", use_function
 
 
 def reference_trajectory(problem, x0, steps, lr, beta, eps, sparse_counter):
-    from reference import ExpectigradNumpy, online_gradient
+    from expectigrad_tf.reference import ExpectigradNumpy, online_gradient
 
     ref = ExpectigradNumpy(x0, lr=lr, beta=beta, eps=eps, sparse_counter=sparse_counter)
     for t in range(1, steps + 1):

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from expectigrad_tf import Expectigrad
-from reference import ExpectigradNumpy
+from expectigrad_tf.reference import ExpectigradNumpy
 
 PATHS = pytest.mark.parametrize("fused", [None, False], ids=["fused", "composite"])
 

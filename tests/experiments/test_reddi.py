@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("matplotlib")  # scripts/reddi.py plots with it
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "reddi.py")
 OPTIMIZERS = ["expectigrad", "adam", "rmsprop", "adadelta", "amsgrad", "yogi"]
 HIT = "first_step_x_le_minus_1"

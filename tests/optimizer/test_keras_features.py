@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from expectigrad_tf import Expectigrad
-from reference import ExpectigradNumpy
+from expectigrad_tf.reference import ExpectigradNumpy
 
 LR = 2.0**-6  # exact in float32 (Keras keeps the learning rate in float32)
 PATHS = pytest.mark.parametrize("fused", [None, False], ids=["fused", "composite"])

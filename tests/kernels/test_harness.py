@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if os.path.join(ROOT, "tests") not in sys.path:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from reference import ExpectigradNumpy  # noqa: E402
+from expectigrad_tf.reference import ExpectigradNumpy  # noqa: E402
 
 from expectigrad_tf import _harness  # noqa: E402
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from expectigrad_tf import Expectigrad, _ops
-from reference import ExpectigradNumpy
+from expectigrad_tf.reference import ExpectigradNumpy
 
 op = _ops.op_module()
 pytestmark = pytest.mark.skipif(op is None, reason=f"fused op unavailable: {_ops.unavailable_reason()}")

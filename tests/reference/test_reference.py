@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helpers import reference_trajectory, run_trajectory
-from reference import ExpectigradNumpy
+from expectigrad_tf.reference import ExpectigradNumpy
 
 VARIANTS = [(beta, sc) for beta in (0.0, 0.9) for sc in (True, False)]
 # Keras keeps the learning rate in a float32 variable: use an exact value.

@@ -1,5 +1,7 @@
 """Independent NumPy implementation of Expectigrad, written from Algorithm 1
-of the paper (shared/paper, page 3). It shares no code with expectigrad_tf.
+of the paper (shared/paper, page 3). It shares no code with the optimizer or
+the kernels and needs only NumPy: the tests and tools/ check every path against
+it.
 """
 
 import numpy as np

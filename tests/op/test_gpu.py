@@ -15,11 +15,11 @@ import tensorflow as tf
 from expectigrad_tf import Expectigrad, fused_status
 from expectigrad_tf import _ops
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if os.path.join(ROOT, "tests") not in sys.path:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from reference import ExpectigradNumpy, online_gradient  # noqa: E402
+from expectigrad_tf.reference import ExpectigradNumpy, online_gradient  # noqa: E402
 
 GPUS = tf.config.list_physical_devices("GPU")
 pytestmark = [pytest.mark.gpu,

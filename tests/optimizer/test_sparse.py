@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from expectigrad_tf import Expectigrad
-from reference import ExpectigradNumpy
+from expectigrad_tf.reference import ExpectigradNumpy
 
 
 def _indexed_slices(rng, rows, cols, dtype, with_duplicates=True):

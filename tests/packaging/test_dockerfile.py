@@ -11,7 +11,7 @@ dockerfile_parse = pytest.importorskip(
     "dockerfile_parse", reason="pip install dockerfile-parse (test extra)"
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
 DOCKERIGNORE = os.path.join(ROOT, ".dockerignore")
 # The install command the README shows, character for character.
