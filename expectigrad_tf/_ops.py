@@ -11,8 +11,6 @@ import os
 import threading
 import warnings
 
-import tensorflow as tf
-
 _HERE = os.path.dirname(os.path.abspath(__file__))
 CPU_LIB = "_expectigrad_ops.so"
 CUDA_LIB = "_expectigrad_ops_cuda.so"
@@ -37,6 +35,8 @@ def _load():
     if os.environ.get("EXPECTIGRAD_DISABLE_FUSED", "") not in ("", "0"):
         status["reason"] = "disabled by EXPECTIGRAD_DISABLE_FUSED"
         return status
+    import tensorflow as tf  # deferred: the package imports without TensorFlow
+
     lib = status["library"]
     if not os.path.exists(lib):
         status["reason"] = f"op library not built ({lib} missing); {REBUILD_HINT}"
