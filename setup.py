@@ -67,15 +67,18 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["expectigrad_tf", "expectigrad_tf.*"])
-    # The scripts ship too (under a name that cannot clash), so the console
-    # commands below work from a regular, non-editable install.
-    + ["expectigrad_tf_scripts", "expectigrad_tf_scripts.translation"],
-    package_dir={"expectigrad_tf_scripts": "scripts"},
+    # The experiments ship as their own package, so the console commands
+    # below work from a regular, non-editable install too.
+    packages=find_packages(include=["expectigrad_tf", "expectigrad_tf.*",
+                                    "expectigrad_experiments", "expectigrad_experiments.*"]),
     entry_points={
         "console_scripts": [
-            "expectigrad-translate = expectigrad_tf_scripts.translate:main",
-            "expectigrad-demo = expectigrad_tf_scripts.demo:main",
+            "expectigrad-demo = expectigrad_experiments.demo:main",
+            "expectigrad-reddi = expectigrad_experiments.reddi:console_main",
+            "expectigrad-train-image = expectigrad_experiments.train_image:console_main",
+            "expectigrad-momentum-study = expectigrad_experiments.momentum_study:console_main",
+            "expectigrad-translate = expectigrad_experiments.translate.trainer:main",
+            "expectigrad-benchmark = expectigrad_experiments.benchmark.cli:console_main",
         ]
     },
     package_data={"expectigrad_tf": ["*.so", "_build_info.json"]},
@@ -86,7 +89,8 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "scikit-learn", "tensorflow-datasets", "dockerfile-parse",
                  "matplotlib", "sacrebleu"],
-        "scripts": ["scikit-learn", "matplotlib", "tensorflow-datasets", "sacrebleu"],
+        # The experiments' commands (expectigrad_experiments).
+        "experiments": ["scikit-learn", "matplotlib", "tensorflow-datasets", "sacrebleu"],
     },
     zip_safe=False,
 )

@@ -1,33 +1,30 @@
-"""Baseline optimizers for the paper's experiments.
+"""The optimizers of the experiments: one factory for all of them.
 
+* ``make_optimizer(name, lr, beta1, beta2, epsilon)``: builds Expectigrad,
+  Adam, AMSGrad, RMSProp, Adadelta, AdaGrad, Yogi, SGD, Adafactor or the
+  AMSGrad probe below with the *same* hyperparameters wherever an optimizer
+  has a counterpart of them (see ``OPTIMIZER_HYPERPARAMETERS`` for the exact
+  mapping). ``reddi``, ``train_image`` and the translation trainer use it.
 * ``Yogi``: a small Keras 3 optimizer written from Zaheer et al. (2018),
   "Adaptive Methods for Nonconvex Optimization", Algorithm 2 (YOGI). Keras
   has no Yogi of its own.
-* ``make_optimizer(name, lr, beta1, beta2, epsilon)``: builds Expectigrad,
-  Adam, AMSGrad, RMSProp, Adadelta, Yogi or SGD with the *same*
-  hyperparameters wherever an optimizer has a counterpart of them (see
-  ``OPTIMIZER_HYPERPARAMETERS`` for the exact mapping).
 * ``AMSGradMaxCorrected``: a non-standard AMSGrad (max over the bias-corrected
   second moment), only as a probe of how the paper's Figure 1 may have been
   produced; "amsgrad" is Keras' standard AMSGrad.
-
-Import it as a sibling module (``sys.path`` holding ``scripts/``), as
-``scripts/reddi.py`` and the tests do.
+* ``WarmupRsqrt`` and ``make_translation_optimizer``: the optional
+  learning-rate schedule and gradient clipping of the translation runs, and
+  the optimizers offered there (``TRANSLATION_OPTIMIZERS``).
 """
-
-import os
-import sys
 
 import keras
 from keras import ops
 
-try:
-    from expectigrad_tf import Expectigrad
-except ImportError:  # not installed: use the checkout this script lives in
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from expectigrad_tf import Expectigrad
+from expectigrad_tf import Expectigrad
 
-__all__ = ["Yogi", "AMSGradMaxCorrected", "make_optimizer", "OPTIMIZER_NAMES", "OPTIMIZER_HYPERPARAMETERS"]
+__all__ = [
+    "Yogi", "AMSGradMaxCorrected", "WarmupRsqrt", "make_optimizer", "make_translation_optimizer",
+    "describe", "OPTIMIZER_NAMES", "OPTIMIZER_HYPERPARAMETERS", "TRANSLATION_OPTIMIZERS",
+]
 
 
 @keras.saving.register_keras_serializable(package="expectigrad_baselines", name="Yogi")
@@ -236,7 +233,7 @@ class AMSGradMaxCorrected(keras.optimizers.Optimizer):
 
 OPTIMIZER_NAMES = (
     "expectigrad", "adam", "rmsprop", "adadelta", "amsgrad", "yogi", "sgd",
-    "amsgrad_max_corrected",
+    "amsgrad_max_corrected", "adagrad", "adafactor",
 )
 
 # How the shared hyperparameters (lr, beta1, beta2, epsilon) map onto each
@@ -252,6 +249,9 @@ OPTIMIZER_HYPERPARAMETERS = {
     "sgd": "keras SGD(learning_rate=lr, momentum=0); betas and epsilon unused",
     "amsgrad_max_corrected": "AMSGradMaxCorrected(lr, beta1, beta2, epsilon): NOT standard AMSGrad, "
     "max over the bias-corrected v (a probe, see docs/RESULTS.md)",
+    "adagrad": "keras Adagrad(learning_rate=lr, epsilon=epsilon); betas unused",
+    "adafactor": "keras Adafactor(learning_rate=lr), other arguments default (no momentum); "
+    "betas and epsilon unused",
 }
 
 
@@ -262,7 +262,8 @@ def make_optimizer(name, lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs
     constant of RMSProp (``rho``) and Adadelta (``rho``) is ``beta2``, as it
     is their counterpart of Adam's second-moment constant; RMSProp runs
     without momentum (Tieleman & Hinton's RMSProp has none) and SGD is plain
-    SGD. Extra keyword arguments go to the optimizer's constructor.
+    SGD. AdaGrad and Adafactor are Keras' (Adafactor with its own defaults).
+    Extra keyword arguments go to the optimizer's constructor.
     """
     key = str(name).lower()
     if key == "expectigrad":
@@ -291,4 +292,68 @@ def make_optimizer(name, lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs
         return AMSGradMaxCorrected(
             learning_rate=lr, beta_1=beta1, beta_2=beta2, epsilon=epsilon, **kwargs
         )
+    if key == "adagrad":
+        return keras.optimizers.Adagrad(learning_rate=lr, epsilon=epsilon, **kwargs)
+    if key == "adafactor":
+        return keras.optimizers.Adafactor(learning_rate=lr, **kwargs)
     raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}")
+
+
+# ------------------------------------------------------------- translation
+TRANSLATION_OPTIMIZERS = ("expectigrad", "adam", "amsgrad", "yogi", "adafactor")
+
+
+@keras.saving.register_keras_serializable(package="expectigrad_translate", name="WarmupRsqrt")
+class WarmupRsqrt(keras.optimizers.schedules.LearningRateSchedule):
+    """``lr * min(1, step / warmup) * sqrt(warmup / max(step, warmup))``.
+
+    Linear warm-up to ``lr`` over ``warmup_steps``, then decay proportional to
+    ``1 / sqrt(step)`` (the shape of tensor2tensor's
+    ``linear_warmup * rsqrt_decay``), with the peak equal to ``lr``.
+    """
+
+    def __init__(self, lr, warmup_steps):
+        self.lr = float(lr)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32") + 1.0
+        warm = float(max(self.warmup_steps, 1))
+        return self.lr * ops.minimum(1.0, step / warm) * ops.sqrt(warm / ops.maximum(step, warm))
+
+    def get_config(self):
+        return {"lr": self.lr, "warmup_steps": self.warmup_steps}
+
+
+def make_translation_optimizer(name, lr, beta1=0.9, beta2=0.999, epsilon=1e-8, schedule="none",
+                               warmup_steps=4000, clip_norm=0.0):
+    """The translation trainer's optimizer ``name`` (one of
+    ``TRANSLATION_OPTIMIZERS``): ``make_optimizer`` with the learning rate
+    ``lr`` or, with ``schedule="warmup_rsqrt"``, ``WarmupRsqrt(lr,
+    warmup_steps)``, and ``global_clipnorm=clip_norm`` when ``clip_norm``.
+
+    expectigrad: Expectigrad(lr, beta=beta1, epsilon); beta2 unused.
+    adam / amsgrad: keras Adam(lr, beta1, beta2, epsilon[, amsgrad=True]).
+    yogi: this module's Yogi(lr, beta1, beta2, epsilon) (Algorithm 2).
+    adafactor: keras Adafactor(lr) with its defaults (no momentum); betas and
+    epsilon unused.
+    """
+    key = name.lower()
+    if key not in TRANSLATION_OPTIMIZERS:
+        raise ValueError(
+            f"unknown optimizer {name!r}; expected one of {', '.join(TRANSLATION_OPTIMIZERS)}")
+    rate = WarmupRsqrt(lr, warmup_steps) if schedule == "warmup_rsqrt" else lr
+    extra = {"global_clipnorm": clip_norm} if clip_norm else {}
+    return make_optimizer(key, rate, beta1, beta2, epsilon, **extra)
+
+
+def describe(name):
+    """One line saying how the translation trainer builds optimizer ``name``."""
+    return {
+        "expectigrad": "Expectigrad(learning_rate=lr, beta=beta1, epsilon=epsilon)",
+        "adam": "keras Adam(learning_rate=lr, beta_1=beta1, beta_2=beta2, epsilon=epsilon)",
+        "amsgrad": "keras Adam(..., amsgrad=True)",
+        "yogi": "expectigrad_experiments.optimizers Yogi(learning_rate=lr, beta_1=beta1, "
+        "beta_2=beta2, epsilon=epsilon)",
+        "adafactor": "keras Adafactor(learning_rate=lr), other arguments default",
+    }[name.lower()]

@@ -1,6 +1,6 @@
-"""Plots BLEU over steps from translate.py output dirs and collects their eval.json.
+"""Plots BLEU over steps from expectigrad-translate output dirs and collects their eval.json.
 
-    python scripts/translation/plot.py runs/translation/expectigrad runs/translation/adam \\
+    python -m expectigrad_experiments.translate.plot runs/translation/expectigrad runs/translation/adam \\
         --out docs/results/translation/bleu.png --copy-json docs/results/translation
 
 Each run's label is its optimizer (from eval.json). With ``--copy-json DIR``
@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 
+from ..report import pyplot
+
 
 def load(run_dir):
     with open(os.path.join(run_dir, "eval.json"), encoding="utf-8") as f:
@@ -22,10 +24,7 @@ def load(run_dir):
 
 
 def plot(runs, out, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, records in runs:
@@ -44,7 +43,8 @@ def plot(runs, out, title):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m expectigrad_experiments.translate.plot",
+                                description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--title", default="BLEU over training")

@@ -16,7 +16,7 @@ numerator (Kingma & Ba), ``outer`` is the paper's eq. (3).
 
 The study trains the paper's MLP (2 x 1000 ReLU, logits, cross-entropy) on
 scikit-learn's 8x8 handwritten digits (offline stand-in for MNIST; 1,437
-training images, the split of ``train_image.load_digits_split``) with
+training images, the split of ``data.load_digits_split``) with
 minibatches of 128, sweeping beta, and records the loss on the whole training
 set (evaluated, not a running mean) after 1, 4 and 10 epochs of the digits
 (``--epochs``; 12, 48 and 120 steps). The paper records one epoch of MNIST,
@@ -29,14 +29,12 @@ weights and sees the same minibatches. Outputs in --out-dir:
 ``momentum.png``, ``momentum.csv`` (variant, beta, seed, step, epoch, train_loss)
 and ``momentum_summary.json``.
 
-    python scripts/momentum_study.py --out-dir docs/results/image
-    python scripts/momentum_study.py --quick --out-dir /tmp/momentum
+    expectigrad-momentum-study --out-dir docs/results/image
+    expectigrad-momentum-study --quick --out-dir /tmp/momentum
 """
 
 import argparse
-import csv
 import datetime
-import json
 import math
 import os
 import platform
@@ -50,9 +48,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+from . import report  # noqa: E402
+from .data import load_digits_split  # noqa: E402
 
 VARIANTS = ("inner", "inner_bc", "outer")
 LABELS = {
@@ -157,7 +154,7 @@ def run_one(variant, beta, seed, data, args, record_steps):
     """Trains one MLP; returns {step: full-training-set loss} for record_steps."""
     import tensorflow as tf
 
-    from train_image import build_model
+    from .train_image import build_model
 
     x, y = data
     keras.backend.clear_session()
@@ -188,7 +185,8 @@ def run_one(variant, beta, seed, data, args, record_steps):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="expectigrad-momentum-study",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--betas", default=",".join(str(b) for b in DEFAULT_BETAS))
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -226,10 +224,7 @@ def parse_args(argv=None):
 
 
 def plot(out_png, rows, betas, variants, panels, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.9), squeeze=False)
     for ax, (step, label) in zip(axes[0], panels):
@@ -262,8 +257,6 @@ def main(argv=None, log=print):
     os.makedirs(args.out_dir, exist_ok=True)
     import tensorflow as tf
 
-    from train_image import load_digits_split
-
     (x, y), _ = load_digits_split(0)
     x = x.reshape(len(x), -1)
     epoch_steps = math.ceil(len(x) / args.batch_size)
@@ -293,11 +286,8 @@ def main(argv=None, log=print):
                     + "  ".join(f"loss@{s}={losses[s]:.4g}" for s in record) + note)
     elapsed = time.perf_counter() - start
 
-    with open(os.path.join(args.out_dir, "momentum.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["variant", "beta", "seed", "step", "epoch",
-                                               "train_loss"])
-        writer.writeheader()
-        writer.writerows(rows)
+    report.write_dict_csv(os.path.join(args.out_dir, "momentum.csv"),
+                          ["variant", "beta", "seed", "step", "epoch", "train_loss"], rows)
 
     def mean_loss(variant, beta, step):
         vals = [r["train_loss"] for r in rows
@@ -320,7 +310,7 @@ def main(argv=None, log=print):
     png = os.path.join(args.out_dir, "momentum.png")
     plot(png, rows, args.betas, args.variants, panels, title)
     summary = {
-        "command": "python scripts/momentum_study.py " + " ".join(
+        "command": "expectigrad-momentum-study " + " ".join(
             argv if argv is not None else sys.argv[1:]),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
@@ -333,10 +323,15 @@ def main(argv=None, log=print):
         "mean_train_loss": table, "inner_bc_over_outer": checks, "elapsed_s": elapsed,
         "png": "momentum.png", "csv": "momentum.csv",
     }
-    with open(os.path.join(args.out_dir, "momentum_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    report.write_json(os.path.join(args.out_dir, "momentum_summary.json"), summary)
     log(f"wrote {png}, momentum.csv and momentum_summary.json; done in {elapsed:.1f}s")
     return summary
+
+
+def console_main():
+    """The ``expectigrad-momentum-study`` command (exit status 0)."""
+    main()
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ ones before it, which is what makes a resumed run see exactly the batches an
 uninterrupted one would have seen.
 """
 
-import json
 import os
 
 import numpy as np
@@ -265,10 +264,3 @@ class BatchSchedule:
                 k += 1
             epoch, i = epoch + 1, 0
 
-
-def save_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)

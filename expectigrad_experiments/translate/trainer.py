@@ -8,7 +8,7 @@ restart, and at each checkpoint decodes the evaluation set and appends
 
 Problems:
   * ``synthetic`` (default): a generated Avek -> Tirun corpus (reordering,
-    agreement, morphology; see translation/synthetic.py), no download;
+    agreement, morphology; see translate/synthetic.py), no download;
   * a TFDS translation config, e.g. ``ted_hrlr_translate/pt_to_en``, read
     from ``--data-dir`` (prepared beforehand: nothing is downloaded);
   * local parallel files: ``--train-src --train-tgt --eval-src --eval-tgt``.
@@ -16,10 +16,10 @@ Problems:
 Examples::
 
     # one-command demo, CPU, a few minutes
-    python scripts/translate.py --output-dir /tmp/mt_demo
+    expectigrad-translate --output-dir /tmp/mt_demo
 
     # the paper's Transformer on a prepared TFDS dataset
-    python scripts/translate.py --problem ted_hrlr_translate/pt_to_en --data-dir ~/tfds \\
+    expectigrad-translate --problem ted_hrlr_translate/pt_to_en --data-dir ~/tfds \\
         --model transformer_base --optimizer expectigrad --train-steps 100000 \\
         --output-dir runs/ted_expectigrad
 
@@ -38,20 +38,14 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-try:  # installed package, else the checkout this script lives in
-    import expectigrad_tf  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.dirname(_HERE))
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from translation import data as data_lib  # noqa: E402
-from translation import decoding, models, optim  # noqa: E402
+from .. import optimizers as optim  # noqa: E402
+from .. import report  # noqa: E402
+from . import data as data_lib  # noqa: E402
+from . import decoding, models  # noqa: E402
 
 __all__ = ["main", "run", "build_parser", "parse_args", "Trainer"]
 
@@ -95,7 +89,7 @@ def build_parser():
                    "batch_size=2048 (keys: " + ", ".join(sorted(models.HPARAMS["transformer_tiny"])) + ")")
 
     o = p.add_argument_group("optimizer")
-    o.add_argument("--optimizer", default="expectigrad", choices=optim.OPTIMIZERS)
+    o.add_argument("--optimizer", default="expectigrad", choices=optim.TRANSLATION_OPTIMIZERS)
     o.add_argument("--lr", type=float, default=1e-3)
     o.add_argument("--beta1", type=float, default=0.9)
     o.add_argument("--beta2", type=float, default=0.999)
@@ -236,7 +230,7 @@ class Trainer:
             with self.strategy.scope():
                 keras.utils.set_random_seed(args.seed)
                 self.model = models.build_model(hp, self.src_vocab.size, self.tgt_vocab.size)
-                opt = optim.make_optimizer(
+                opt = optim.make_translation_optimizer(
                     args.optimizer, args.lr, args.beta1, args.beta2, args.epsilon,
                     args.schedule, args.warmup_steps, hp["clip_norm"])
                 if args.mixed_precision:
@@ -296,7 +290,7 @@ class Trainer:
                     print(f"[warning] {key} changed from {old['args'].get(key)!r} to "
                           f"{config['args'].get(key)!r} since this output dir was created",
                           file=sys.stderr)
-        data_lib.save_json(path, config)
+        report.write_json(path, config, indent=1, newline=True, atomic=True)
 
     # ------------------------------------------------------------ tf.functions
     def _losses(self, logits, labels):
@@ -404,7 +398,8 @@ class Trainer:
             with open(os.path.join(self.out, "decodes", f"step_{step}.txt"), "w", encoding="utf-8") as f:
                 f.writelines(h + "\n" for h in hyps)
             records = [r for r in self.eval_records() if r["step"] != step] + [record]
-            data_lib.save_json(os.path.join(self.out, "eval.json"), records)
+            report.write_json(os.path.join(self.out, "eval.json"), records, indent=1, newline=True,
+                              atomic=True)
             with self.writer.as_default(step=step):
                 summary_scalar("eval/bleu_cased", cased, step)
                 summary_scalar("eval/bleu_uncased", uncased, step)

@@ -33,7 +33,7 @@ values the paper says it used: Expectigrad Adam's defaults (lr 1e-3, beta 0.9,
 epsilon 1e-8); Adam / AMSGrad / RMSProp / Adadelta / AdaGrad TensorFlow's
 defaults; Yogi the values Zaheer et al. (2018) recommend (lr 1e-2, epsilon
 1e-3). See ``PAPER_HPARAMS``. ``--hparams shared`` gives all of them
-``--lr --beta1 --beta2 --epsilon`` through ``baselines.make_optimizer``; with
+``--lr --beta1 --beta2 --epsilon`` through ``optimizers.make_optimizer``; with
 ``paper`` an explicit ``--lr`` etc. overrides the preset for every optimizer.
 
 Outputs in ``--out-dir`` (prefix ``<data>_<model>``): one Keras CSVLogger file
@@ -43,15 +43,14 @@ error vs epoch, one line per optimizer, as in Figures 2-4) and
 ``<prefix>_summary.json``. The logged training loss and error are Keras'
 running means over each epoch's minibatches (training mode).
 
-    python scripts/train_image.py --task mnist --model mlp --full \\
+    expectigrad-train-image --task mnist --model mlp --full \\
         --optimizer expectigrad,adam,rmsprop,adadelta,amsgrad,yogi --out-dir docs/results/image
-    python scripts/train_image.py --task cifar10 --model vgg_small --epochs 5 --out-dir /tmp/img
-    python scripts/train_image.py --task mnist --model mlp --quick --out-dir /tmp/img
-    python scripts/train_image.py --replot docs/results/image/digits_mlp_summary.json
+    expectigrad-train-image --task cifar10 --model vgg_small --epochs 5 --out-dir /tmp/img
+    expectigrad-train-image --task mnist --model mlp --quick --out-dir /tmp/img
+    expectigrad-train-image --replot docs/results/image/digits_mlp_summary.json
 """
 
 import argparse
-import csv
 import datetime
 import json
 import math
@@ -65,9 +64,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+from .data import GENERATED_CLASSES, generate_images, load_digits_split  # noqa: E402
+from .report import LABELS, plot_curves, read_log, save_samples, write_json  # noqa: E402
 
 TASKS = ("mnist", "cifar10", "imagenet")
 MODELS = ("mlp", "vgg16", "resnet50", "mobilenetv2", "vgg_small", "resnet_small")
@@ -108,48 +106,9 @@ PAPER_HPARAMS = {
     "sgd": dict(lr=1e-2, beta1=0.0, beta2=0.0, epsilon=0.0),
 }
 SHARED_DEFAULTS = dict(lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8)
-LABELS = {
-    "expectigrad": "Expectigrad", "adam": "Adam", "amsgrad": "AMSGrad", "rmsprop": "RMSProp",
-    "adadelta": "ADADELTA", "adagrad": "AdaGrad", "yogi": "Yogi", "sgd": "SGD",
-}
-COLORS = {
-    "expectigrad": "tab:red", "adam": "tab:blue", "rmsprop": "tab:orange",
-    "adadelta": "tab:green", "amsgrad": "tab:purple", "yogi": "tab:brown",
-    "adagrad": "tab:olive", "sgd": "tab:gray",
-}
 
 
 # --------------------------------------------------------------------- optimizers
-def make_optimizer(name, lr, beta1, beta2, epsilon):
-    """``baselines.make_optimizer`` when scripts/baselines.py exists (and
-    AdaGrad, which it lacks, as keras' Adagrad); else a minimal local factory."""
-    import keras
-
-    key = name.lower()
-    if key == "adagrad":
-        return keras.optimizers.Adagrad(learning_rate=lr, epsilon=epsilon)
-    try:
-        import baselines
-    except ImportError:
-        baselines = None
-    if baselines is not None:
-        return baselines.make_optimizer(key, lr, beta1, beta2, epsilon)
-    from expectigrad_tf import Expectigrad
-
-    if key == "expectigrad":
-        return Expectigrad(learning_rate=lr, beta=beta1, epsilon=epsilon)
-    if key in ("adam", "amsgrad"):
-        return keras.optimizers.Adam(lr, beta_1=beta1, beta_2=beta2, epsilon=epsilon,
-                                     amsgrad=key == "amsgrad")
-    if key == "rmsprop":
-        return keras.optimizers.RMSprop(lr, rho=beta2, epsilon=epsilon)
-    if key == "adadelta":
-        return keras.optimizers.Adadelta(lr, rho=beta2, epsilon=epsilon)
-    if key == "sgd":
-        return keras.optimizers.SGD(lr)
-    raise ValueError(f"optimizer {name!r} needs scripts/baselines.py")
-
-
 def optimizer_hparams(name, args):
     """(lr, beta1, beta2, epsilon) for optimizer ``name`` under ``args.hparams``."""
     base = dict(PAPER_HPARAMS.get(name, SHARED_DEFAULTS)) if args.hparams == "paper" \
@@ -162,144 +121,6 @@ def optimizer_hparams(name, args):
 
 
 # --------------------------------------------------------------------- data
-def load_digits_split(seed=0, test_fraction=0.2):
-    """scikit-learn's 8x8 digits as images (N, 8, 8, 1) float32 in [0, 1], a
-    fixed stratified split (seed 0: 1,437 train / 360 test)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype("float32").reshape(-1, 8, 8, 1)
-    y = y.astype("int32")
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y)
-    return (x_tr, y_tr), (x_te, y_te)
-
-
-GENERATED_CLASSES = (
-    "disk", "ring", "square", "triangle", "plus", "horizontal stripes",
-    "vertical stripes", "checkerboard", "dot grid", "two disks",
-)
-
-
-def _rotate(u, v, angle):
-    c, s = math.cos(angle), math.sin(angle)
-    return c * u + s * v, -s * u + c * v
-
-
-def _render(cls, rng, size):
-    """One image of class ``cls``: (size, size, 3) float in [0, 1]."""
-    coords = (np.arange(size, dtype=np.float64) + 0.5) / size
-    yy, xx = np.meshgrid(coords, coords, indexing="ij")
-    aa = 1.5 / size  # anti-aliasing width
-
-    def smooth(signed_distance):  # 1 inside (distance < 0), 0 outside
-        return np.clip(0.5 - signed_distance / aa, 0.0, 1.0)
-
-    cx, cy = rng.uniform(0.35, 0.65, size=2)
-    r = rng.uniform(0.16, 0.3)
-    angle = rng.uniform(0, 2 * math.pi)
-    u, v = _rotate(xx - cx, yy - cy, angle)
-    if cls == 0:  # disk
-        mask = smooth(np.hypot(u, v) - r)
-    elif cls == 1:  # ring
-        width = rng.uniform(0.25, 0.4) * r
-        mask = smooth(np.abs(np.hypot(u, v) - r) - width / 2)
-    elif cls == 2:  # rotated square
-        mask = smooth(np.maximum(np.abs(u), np.abs(v)) - 0.8 * r)
-    elif cls == 3:  # rotated equilateral triangle (max of three half-planes)
-        d = np.full_like(u, -np.inf)
-        for k in range(3):
-            nu, nv = math.cos(2 * math.pi * k / 3), math.sin(2 * math.pi * k / 3)
-            d = np.maximum(d, u * nu + v * nv - 0.55 * r)
-        mask = smooth(d)
-    elif cls == 4:  # plus
-        arm = rng.uniform(0.2, 0.32) * r
-        bar1 = np.maximum(np.abs(u) - r, np.abs(v) - arm)
-        bar2 = np.maximum(np.abs(v) - r, np.abs(u) - arm)
-        mask = smooth(np.minimum(bar1, bar2))
-    elif cls in (5, 6):  # stripes, horizontal or vertical (+- 20 degrees)
-        theta = rng.uniform(-0.35, 0.35) + (0.0 if cls == 5 else math.pi / 2)
-        period = rng.uniform(0.12, 0.25)
-        su, sv = _rotate(xx, yy, theta)
-        phase = rng.uniform(0, period)
-        mask = smooth(np.abs(((sv + phase) % period) - period / 2) - period / 4)
-    elif cls == 7:  # checkerboard, random cell size and small rotation
-        cell = rng.uniform(0.12, 0.22)
-        su, sv = _rotate(xx, yy, rng.uniform(-0.3, 0.3))
-        su, sv = su + rng.uniform(0, cell), sv + rng.uniform(0, cell)
-        mask = ((np.floor(su / cell) + np.floor(sv / cell)) % 2).astype(np.float64)
-    elif cls == 8:  # grid of small dots
-        cell = rng.uniform(0.14, 0.22)
-        su, sv = xx + rng.uniform(0, cell), yy + rng.uniform(0, cell)
-        du, dv = (su % cell) - cell / 2, (sv % cell) - cell / 2
-        mask = smooth(np.hypot(du, dv) - cell * rng.uniform(0.2, 0.3))
-    elif cls == 9:  # two separated disks
-        offset = rng.uniform(0.17, 0.25)
-        r2 = r * 0.55
-        d1 = np.hypot(u - offset, v) - r2
-        d2 = np.hypot(u + offset, v) - r2
-        mask = smooth(np.minimum(d1, d2))
-    else:
-        raise ValueError(cls)
-
-    # Colours independent of the class: foreground and background differ by
-    # at least 0.35 in mean intensity so that the shape is visible.
-    bg = rng.uniform(0, 1, size=3)
-    fg = rng.uniform(0, 1, size=3)
-    while abs(fg.mean() - bg.mean()) < 0.35:
-        fg = rng.uniform(0, 1, size=3)
-    gradient = rng.normal(0, 0.08, size=(2, 3))  # low-frequency background shading
-    background = bg + (xx - 0.5)[..., None] * gradient[0] + (yy - 0.5)[..., None] * gradient[1]
-    image = background * (1 - mask[..., None]) + fg * mask[..., None]
-    image = image + rng.normal(0, 0.04, size=image.shape)
-    return np.clip(image, 0, 1)
-
-
-def generate_images(n, size=32, seed=0, num_classes=10):
-    """A deterministic, class-balanced set of procedurally generated images.
-
-    Returns (images uint8 (n, size, size, 3), labels int32 (n,)). Labels are
-    ``arange(n) % num_classes`` shuffled, so class counts differ by at most
-    one. Each image is a shape or texture (``GENERATED_CLASSES``) at a random
-    position, size, rotation and phase, in random foreground / background
-    colours (independent of the class) with shading and pixel noise, so a
-    classifier has to learn shape and orientation, not colour. The same
-    (n, size, seed, num_classes) always gives the same bytes.
-    """
-    if not 2 <= num_classes <= len(GENERATED_CLASSES):
-        raise ValueError(f"num_classes must be in [2, {len(GENERATED_CLASSES)}]")
-    if size < 8:
-        raise ValueError("size must be >= 8")
-    rng = np.random.default_rng([int(seed), int(size), int(num_classes), 20201128])
-    labels = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
-    images = np.empty((n, size, size, 3), dtype=np.uint8)
-    for i, cls in enumerate(labels):
-        images[i] = np.round(_render(int(cls), rng, size) * 255).astype(np.uint8)
-    return images, labels
-
-
-def save_samples(path, n_per_class=8, size=32, seed=0):
-    """A montage of generated images, one row per class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x, y = generate_images(n_per_class * len(GENERATED_CLASSES), size, seed=seed)
-    fig, axes = plt.subplots(len(GENERATED_CLASSES), n_per_class,
-                             figsize=(n_per_class * 0.9 + 1.6, len(GENERATED_CLASSES) * 0.9))
-    for c, row in enumerate(axes):
-        for ax, i in zip(row, np.flatnonzero(y == c)):
-            ax.imshow(x[i], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        row[0].set_ylabel(GENERATED_CLASSES[c], rotation=0, ha="right", va="center", fontsize=8)
-    fig.subplots_adjust(left=0.2, right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.05)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 class Data:
     """Train/test tf.data sources plus what the summary needs."""
 
@@ -495,6 +316,8 @@ def train_one(args, data, optimizer_name, input_shape, log=print):
     keras.utils.set_random_seed(args.seed)
     model = build_model(args.model, input_shape, data.num_classes, args.mlp_hidden,
                         args.width, args.alpha)
+    from .optimizers import make_optimizer  # Keras loads only when training
+
     optimizer = make_optimizer(optimizer_name, hp["lr"], hp["beta1"], hp["beta2"], hp["epsilon"])
     top5 = data.num_classes > 10
     metrics = [keras.metrics.SparseCategoricalAccuracy(name="acc")]
@@ -547,57 +370,10 @@ def train_one(args, data, optimizer_name, input_shape, log=print):
     return result
 
 
-# --------------------------------------------------------------------- plots
-def read_log(path):
-    """A CSVLogger file as {column: np.array}."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {}
-    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows])
-            for k in rows[0]}
-
-
-def plot_curves(out_png, logs, title, top5=False):
-    """Training loss, training error, validation error vs epoch (Figures 2-4)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    has_val = any("val_error" in log for log in logs.values())
-    panels = [("loss", "training loss", True), ("error", "training error (top-1)", False)]
-    if has_val:
-        key = "val_top5_error" if top5 else "val_error"
-        panels.append((key, "validation error (%s)" % ("top-5" if top5 else "top-1"), False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6))
-    for ax, (key, ylabel, logy) in zip(np.atleast_1d(axes), panels):
-        for name, log in logs.items():
-            if key not in log:
-                continue
-            epochs = log["epoch"] + 1
-            y = log[key]
-            if logy:
-                y = np.where(y > 0, y, np.nan)
-            ours = name == "expectigrad"  # drawn on top, solid; the others dashed
-            ax.plot(epochs, y, label=LABELS.get(name, name), color=COLORS.get(name),
-                    marker="o" if len(epochs) <= 12 else None, ms=3, lw=1.8 if ours else 1.3,
-                    ls="-" if ours else "--", zorder=3 if ours else 2)
-        if logy:
-            ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, which="both" if logy else "major")
-    np.atleast_1d(axes)[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-
-
 # --------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="expectigrad-train-image",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", choices=TASKS, default="mnist")
     p.add_argument("--model", choices=MODELS, default=None,
@@ -708,7 +484,7 @@ def main(argv=None, log=print):
     argv_list = sys.argv[1:] if argv is None else list(argv)
     if argv_list[:1] == ["--replot"]:
         if len(argv_list) != 2:
-            raise SystemExit("usage: train_image.py --replot SUMMARY_JSON")
+            raise SystemExit("usage: expectigrad-train-image --replot SUMMARY_JSON")
         log(f"wrote {replot(argv_list[1])}")
         return None
     args = parse_args(argv)
@@ -740,8 +516,8 @@ def main(argv=None, log=print):
         save_samples(os.path.join(args.out_dir, "generated_samples.png"), size=args.gen_size,
                      seed=args.seed_data)
     summary = {
-        "command": "python scripts/train_image.py " + " ".join(argv if argv is not None
-                                                               else sys.argv[1:]),
+        "command": "expectigrad-train-image " + " ".join(argv if argv is not None
+                                                         else sys.argv[1:]),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "tensorflow": tf.__version__, "keras": keras.__version__,
@@ -754,11 +530,16 @@ def main(argv=None, log=print):
         "quick": args.quick, "full": args.full, "png": os.path.basename(png),
         "elapsed_s": elapsed, "results": results,
     }
-    with open(os.path.join(args.out_dir, f"{args.prefix}_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(args.out_dir, f"{args.prefix}_summary.json"), summary)
     log(f"wrote {png} and {args.prefix}_*.csv / _summary.json in {args.out_dir}; "
         f"done in {elapsed:.1f}s")
     return summary
+
+
+def console_main():
+    """The ``expectigrad-train-image`` command (exit status 0)."""
+    main()
+    return 0
 
 
 if __name__ == "__main__":

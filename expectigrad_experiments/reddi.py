@@ -34,15 +34,12 @@ Outputs in --out-dir: reddi.png (Figure 1 style), trajectories.csv (x every
 --record-every steps) and summary.json (final x and first step with x <= -1
 per problem and optimizer, plus the qualitative checks).
 
-    python scripts/reddi.py --out-dir docs/results/reddi
-    python scripts/reddi.py --quick --out-dir /tmp/reddi
+    expectigrad-reddi --out-dir docs/results/reddi
+    expectigrad-reddi --quick --out-dir /tmp/reddi
 """
 
 import argparse
-import csv
 import datetime
-import json
-import math
 import os
 import sys
 import time
@@ -50,33 +47,14 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.append(_HERE)
+from . import report  # noqa: E402
+from .report import COLORS, LABELS, pyplot  # noqa: E402
 
 DEFAULT_OPTIMIZERS = ("expectigrad", "adam", "rmsprop", "adadelta", "amsgrad", "yogi")
+# The optimizers this experiment offers (optimizers.OPTIMIZER_NAMES has more).
+OPTIMIZER_CHOICES = DEFAULT_OPTIMIZERS + ("sgd", "amsgrad_max_corrected")
 EMA_METHODS = ("adam", "rmsprop", "adadelta")
 CLIPPED_EMA_METHODS = ("amsgrad", "yogi", "amsgrad_max_corrected")
-LABELS = {
-    "expectigrad": "Expectigrad",
-    "adam": "Adam",
-    "rmsprop": "RMSProp",
-    "adadelta": "ADADELTA",
-    "amsgrad": "AMSGrad",
-    "yogi": "Yogi",
-    "sgd": "SGD",
-    "amsgrad_max_corrected": "AMSGrad (max of corrected v)",
-}
-COLORS = {
-    "expectigrad": "tab:red",
-    "adam": "tab:blue",
-    "rmsprop": "tab:orange",
-    "adadelta": "tab:green",
-    "amsgrad": "tab:purple",
-    "yogi": "tab:brown",
-    "sgd": "tab:gray",
-    "amsgrad_max_corrected": "tab:pink",
-}
 DEFAULT_STEPS = 20_000_000
 QUICK_STEPS = 100_000
 HIT_KEY = "first_step_x_le_minus_1"
@@ -125,6 +103,7 @@ def stochastic_uniform_tf(keys, t):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
+        prog="expectigrad-reddi",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -152,7 +131,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the stochastic problem")
     p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
                    help="comma-separated subset of expectigrad,adam,rmsprop,adadelta,amsgrad,yogi,sgd,"
-                        "amsgrad_max_corrected (a non-standard AMSGrad, see scripts/baselines.py)")
+                        "amsgrad_max_corrected (a non-standard AMSGrad, see expectigrad_experiments/optimizers.py)")
     p.add_argument("--dtype", default="float64", choices=("float32", "float64"),
                    help="variable/state dtype (float32 running sums lose the -1 gradients "
                         "after ~1e5-1e6 steps)")
@@ -176,7 +155,7 @@ def parse_args(argv=None):
     args.optimizers = list(dict.fromkeys(  # ordered, without duplicates
         o.strip().lower() for o in args.optimizers.split(",") if o.strip()))
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    unknown = [o for o in args.optimizers if o not in LABELS]
+    unknown = [o for o in args.optimizers if o not in OPTIMIZER_CHOICES]
     if unknown or not args.optimizers:
         p.error(f"unknown optimizer(s) {unknown}")
     return args
@@ -200,14 +179,14 @@ def simulate(args, log=print):
         log(f"  (TensorFlow already initialised: --threads {args.threads} not applied)")
     import keras
 
-    import baselines
+    from . import optimizers
 
     dtype = args.dtype
     tf_dtype = tf.as_dtype(dtype)
     n_prob = 1 + args.stoch_runs
     opts, variables = [], []
     for name in args.optimizers:
-        opt = baselines.make_optimizer(name, args.lr, args.beta1, args.beta2, args.epsilon)
+        opt = optimizers.make_optimizer(name, args.lr, args.beta1, args.beta2, args.epsilon)
         var = keras.Variable(np.full([n_prob], args.x0, dtype=dtype), dtype=dtype, name=f"x_{name}")
         opt.build([var])
         opts.append(opt)
@@ -282,7 +261,7 @@ def summarize(args, steps, xs, first_hit, seconds):
     import keras
     import tensorflow as tf
 
-    import baselines
+    from .optimizers import OPTIMIZER_HYPERPARAMETERS
 
     names = problem_names(args.stoch_runs)
     results = {}
@@ -343,7 +322,7 @@ def summarize(args, steps, xs, first_hit, seconds):
     return {
         "experiment": "Reddi problem (Expectigrad paper, Section 4.1, Figure 1)",
         "date": datetime.date.today().isoformat(),
-        "command": " ".join(["python scripts/reddi.py"] + args.argv),
+        "command": " ".join(["expectigrad-reddi"] + args.argv),
         "problem": {
             "online": f"gradient C={args.C:g} if t % N == {args.phase % args.N} (N={args.N}) "
                       "else -1, t = 1..steps",
@@ -358,7 +337,7 @@ def summarize(args, steps, xs, first_hit, seconds):
         "stoch_runs": args.stoch_runs,
         "hyperparameters": {"lr": args.lr, "beta1": args.beta1, "beta2": args.beta2,
                             "epsilon": args.epsilon, "dtype": args.dtype},
-        "optimizers": {o: baselines.OPTIMIZER_HYPERPARAMETERS[o] for o in args.optimizers},
+        "optimizers": {o: OPTIMIZER_HYPERPARAMETERS[o] for o in args.optimizers},
         "results": results,
         "stochastic_all_runs": stochastic_all,
         "checks": checks,
@@ -373,22 +352,21 @@ def summarize(args, steps, xs, first_hit, seconds):
 def write_csv(path, args, steps, xs):
     names = problem_names(args.stoch_runs)
     header = ["step"] + [f"{prob}_{opt}" for prob in names for opt in args.optimizers]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
+
+    def rows():
         for r, t in enumerate(steps):
             row = [int(t)]
             for j in range(len(names)):
                 row += [f"{float(xs[r, i, j]):.9g}" for i in range(len(args.optimizers))]
-            w.writerow(row)
+            yield row
+
+    report.write_csv(path, header, rows())
 
 
 def plot(path, args, steps, xs, first_hit):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     groups = [
         [o for o in ("adam", "rmsprop", "adadelta", "sgd", "expectigrad") if o in args.optimizers],
@@ -453,9 +431,7 @@ def main(argv=None):
     summary = summarize(args, steps, xs, first_hit, seconds)
     write_csv(os.path.join(args.out_dir, "trajectories.csv"), args, steps, xs)
     plot(os.path.join(args.out_dir, "reddi.png"), args, steps, xs, first_hit)
-    with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
+    report.write_json(os.path.join(args.out_dir, "summary.json"), summary, newline=True)
 
     print(f"done in {seconds:,.1f}s ({summary['steps_per_s']:,.0f} steps/s); wrote {args.out_dir}/"
           "{reddi.png,trajectories.csv,summary.json}")
@@ -481,6 +457,12 @@ def main(argv=None):
     for name, ok in summary["checks"].items():
         print(f"  [{'ok' if ok else 'FAIL'}] {name}")
     return summary
+
+
+def console_main():
+    """The ``expectigrad-reddi`` command (exit status 0)."""
+    main()
+    return 0
 
 
 if __name__ == "__main__":

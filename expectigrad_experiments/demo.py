@@ -1,7 +1,8 @@
 """Demo: Expectigrad vs Adam on scikit-learn's handwritten digits (shipped with
 scikit-learn, no download), same model, same data, same seed.
 
-    python scripts/demo.py [--epochs 20] [--lr 1e-3]
+    expectigrad-demo [--epochs 20] [--lr 1e-3]
+    python -m expectigrad_experiments.demo [--epochs 20] [--lr 1e-3]
 """
 
 import argparse
@@ -11,21 +12,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 import expectigrad_tf  # noqa: E402
 
-
-def load_digits_split(seed=0):
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype("float32")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    x, y = x[order], y[order].astype("int32")
-    n_train = int(0.8 * len(x))
-    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+from .data import load_digits_shuffled_split  # noqa: E402
 
 
 def make_model(seed):
@@ -52,7 +42,7 @@ def train(name, optimizer, data, epochs, batch_size, seed):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="expectigrad-demo", description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -68,7 +58,7 @@ def main(argv=None):
     else:
         fused = f"fused op unavailable ({status['reason']}): composite path"
     print(f"expectigrad_tf {expectigrad_tf.__version__}: {fused}")
-    data = load_digits_split(args.seed)
+    data = load_digits_shuffled_split(args.seed)
     print(f"digits: {len(data[0][0])} train / {len(data[1][0])} test images, "
           f"MLP 64-256-256-10, batch {args.batch_size}, lr {args.lr}, {args.epochs} epochs\n")
     runs = {
