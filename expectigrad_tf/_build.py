@@ -39,8 +39,14 @@ CPU_LIB = "_expectigrad_ops.so"
 CUDA_LIB = "_expectigrad_ops_cuda.so"
 BUILD_INFO = "_build_info.json"
 
-CPU_SOURCES = ["tf/cc/ops/expectigrad_ops.cc", "tf/cc/kernels/expectigrad_cpu.cc"]
-GPU_HOST_SOURCES = ["tf/cc/kernels/expectigrad_gpu.cc"]
+CPU_SOURCES = ["tf/ops/expectigrad_ops.cc", "tf/kernels/expectigrad_op_cpu.cc",
+               "tf/xla/expectigrad_ffi_cpu.cc", "tf/xla/expectigrad_xla_cpu.cc"]
+GPU_HOST_SOURCES = ["tf/kernels/expectigrad_op_gpu.cc", "tf/xla/expectigrad_ffi_cuda.cc",
+                    "tf/xla/expectigrad_xla_gpu.cc"]
+# Sources that include TensorFlow's XLA headers need these extra include dirs
+# (relative to TensorFlow's include dir) and libtensorflow_cc at link time.
+XLA_INCLUDES = ["external/highwayhash", "external/farmhash_archive/src"]
+TF_CC_LIB = "-l:libtensorflow_cc.so.2"
 CUDA_SOURCES = ["cuda/expectigrad_kernel.cu"]
 
 
@@ -128,8 +134,11 @@ def build(out_dir=HERE, verbose=True):
     cflags, lflags, tf_version, tf_git = tf_flags()
     includes = [
         "-I" + CSRC,
-        "-I" + os.path.join(CSRC, "tf", "cc", "kernels"),
+        "-I" + os.path.join(CSRC, "tf", "kernels"),
+        "-I" + os.path.join(CSRC, "tf", "xla"),
     ]
+    tf_inc = next(f[2:] for f in cflags if f.startswith("-I"))
+    includes += ["-I" + os.path.join(tf_inc, d) for d in XLA_INCLUDES]
     # -fno-math-errno -fno-trapping-math let the element loop vectorise
     # (sqrt without errno, branch-free selects); IEEE results are unchanged.
     # -ffp-contract=off: no FMA contraction, so the AVX-512/AVX2/baseline
@@ -173,7 +182,7 @@ def build(out_dir=HERE, verbose=True):
 
         cpu_out = os.path.join(out_dir, CPU_LIB)
         _run([cxx, "-shared", "-o", cpu_out]
-             + [obj(s) for s in CPU_SOURCES] + lflags, verbose)
+             + [obj(s) for s in CPU_SOURCES] + lflags + [TF_CC_LIB], verbose)
         cuda_out = os.path.join(out_dir, CUDA_LIB)
         if nvcc:
             cuda_lib_dirs = [os.path.join(home, d)
@@ -181,7 +190,7 @@ def build(out_dir=HERE, verbose=True):
             _run([cxx, "-shared", "-o", cuda_out]
                  + [obj(s) for s in GPU_HOST_SOURCES + CUDA_SOURCES]
                  + ["-L" + d for d in cuda_lib_dirs if os.path.isdir(d)]
-                 + ["-Wl,--exclude-libs,ALL", "-lcudart_static", "-lrt",
+                 + ["-Wl,--exclude-libs,ALL", "-lcudart_static", "-lrt", TF_CC_LIB,
                     "-ldl", "-lpthread"] + lflags, verbose)
         elif os.path.exists(cuda_out):
             os.remove(cuda_out)  # never leave a stale GPU library behind

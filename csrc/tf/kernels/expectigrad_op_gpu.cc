@@ -1,14 +1,21 @@
 // GPU kernels for ExpectigradApply. Compiled only when nvcc is available, into
 // a separate library (_expectigrad_ops_cuda.so) so that the CPU library never
-// depends on CUDA. The CUDA code itself is in csrc/cuda/expectigrad_kernel.cu;
-// this file only resolves TensorFlow's stream and registers the kernel.
+// depends on CUDA. The CUDA code itself is in csrc/cuda/; this file only
+// resolves TensorFlow's stream and registers the kernel.
+//
+// lr and step stay in device memory, where Keras keeps them (a device variable
+// and iterations + 1 computed on the device): no device-to-host copy and no
+// stream sync per step. The CUDA kernel computes the bias correction on the
+// device and changes nothing when lr or step is invalid; the optimizer checks
+// the learning rate before the op runs. beta and epsilon are graph constants
+// and are read on the host.
 #if GOOGLE_CUDA
 #define EIGEN_USE_GPU
 
 #include "tensorflow/core/framework/op_kernel.h"
 
 #include "cuda/expectigrad_cuda.h"
-#include "expectigrad_kernel.h"
+#include "expectigrad_op_kernel.h"
 
 namespace tensorflow {
 namespace expectigrad_tf {
@@ -42,19 +49,31 @@ static absl::Status CudaStatus(int code, const char* what) {
 
 template <typename T, typename S>
 struct DeviceFunctor<GPUDevice, T, S> {
+  absl::Status CheckStepScalars(OpKernelContext*, const Tensor&, const Tensor&) {
+    return absl::OkStatus();  // validated on the device, see above
+  }
+
   absl::Status Apply(OpKernelContext* ctx,
                      const std::vector<expectigrad::TensorChunk<T, S>>& chunks,
-                     double lr, double beta, double epsilon, int64_t step) {
+                     const Tensor& lr, const Tensor& step,
+                     const HostConstants& c) {
     std::vector<expectigrad::cuda::RawChunk> raw(chunks.size());
     for (size_t i = 0; i < chunks.size(); ++i) {
       raw[i] = {chunks[i].var, chunks[i].sum, chunks[i].cnt, chunks[i].mom,
                 chunks[i].grad, chunks[i].size};
     }
+    expectigrad::cuda::DeviceScalars scalars;
+    scalars.lr = lr.data();
+    scalars.lr_type = lr.dtype() == DT_DOUBLE
+                          ? expectigrad::cuda::ScalarType::kFloat64
+                          : expectigrad::cuda::ScalarType::kFloat32;
+    scalars.step = static_cast<const int64_t*>(step.data());
+    scalars.beta = c.beta;
+    scalars.epsilon = c.epsilon;
     void* stream = ctx->eigen_device<GPUDevice>().stream();
     return CudaStatus(
         expectigrad::cuda::launch_update(CudaDType<T>::value, raw.data(),
-                                         int(raw.size()), lr, beta, epsilon,
-                                         step, stream),
+                                         int(raw.size()), scalars, stream),
         "kernel launch");
   }
 
@@ -66,14 +85,12 @@ struct DeviceFunctor<GPUDevice, T, S> {
   }
 };
 
-// Scalars are read on the host; tensors stay on the device.
+// lr and step in device memory; the constants beta and epsilon on the host.
 #define REGISTER_GPU(T, TS)                                       \
   REGISTER_KERNEL_BUILDER(Name("ExpectigradApply")                \
                               .Device(DEVICE_GPU)                 \
-                              .HostMemory("lr")                   \
                               .HostMemory("beta")                 \
                               .HostMemory("epsilon")              \
-                              .HostMemory("step")                 \
                               .TypeConstraint<T>("T")             \
                               .TypeConstraint<TS>("Tscalar"),     \
                           ExpectigradApplyOp<GPUDevice, T, TS>);

@@ -6,25 +6,47 @@
 #include "tensorflow/core/util/work_sharder.h"
 
 #include "expectigrad_multi_tensor.h"
-#include "expectigrad_kernel.h"
+#include "expectigrad_op_kernel.h"
 
 namespace tensorflow {
 namespace expectigrad_tf {
 
 using CPUDevice = Eigen::ThreadPoolDevice;
 
+// Runs the multi-tensor host loop over `chunks` on TF's intra-op pool.
+template <typename T, typename S>
+void RunHostLoop(OpKernelContext* ctx,
+                 const std::vector<expectigrad::TensorChunk<T, S>>& chunks,
+                 const expectigrad::StepScalars<S>& p) {
+  const expectigrad::MultiTensorPlan<T, S> plan(chunks);
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  Shard(workers->num_threads, workers->workers, plan.total(),
+        expectigrad::kCostPerElement,
+        [&plan, &p](int64_t begin, int64_t end) { plan.run(begin, end, p); });
+}
+
 template <typename T, typename S>
 struct DeviceFunctor<CPUDevice, T, S> {
+  static double Lr(const Tensor& lr) {
+    return lr.dtype() == DT_DOUBLE ? lr.scalar<double>()()
+                                   : double(lr.scalar<float>()());
+  }
+
+  absl::Status CheckStepScalars(OpKernelContext*, const Tensor& lr,
+                                const Tensor& step) {
+    const std::string bad =
+        expectigrad::check_lr_step(Lr(lr), step.scalar<int64_t>()());
+    if (!bad.empty()) return errors::InvalidArgument(bad);
+    return absl::OkStatus();
+  }
+
   absl::Status Apply(OpKernelContext* ctx,
                      const std::vector<expectigrad::TensorChunk<T, S>>& chunks,
-                     double lr, double beta, double epsilon, int64_t step) {
-    const expectigrad::MultiTensorPlan<T, S> plan(chunks);
-    const auto p =
-        expectigrad::make_step_scalars<S>(lr, beta, epsilon, step);
-    auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    Shard(workers->num_threads, workers->workers, plan.total(),
-          expectigrad::kCostPerElement,
-          [&plan, &p](int64_t begin, int64_t end) { plan.run(begin, end, p); });
+                     const Tensor& lr, const Tensor& step,
+                     const HostConstants& c) {
+    RunHostLoop<T, S>(ctx, chunks,
+                      expectigrad::make_step_scalars<S>(
+                          Lr(lr), c.beta, c.epsilon, step.scalar<int64_t>()()));
     return absl::OkStatus();
   }
 
