@@ -1,4 +1,8 @@
-"""The Expectigrad optimizer for Keras 3."""
+"""The Expectigrad optimizer for Keras 3: arguments, slots, config and the
+composite maths. Backend plumbing (the fused op, the sparse path, placement)
+is in ``_backend_tf`` (TensorFlow) or ``_backend_generic`` (JAX, PyTorch),
+composed in below as Keras composes its own backend optimizers; which path
+updates a variable is decided by ``dispatch.choose_path``."""
 
 import math
 import numbers
@@ -8,36 +12,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from expectigrad_tf import _ops
+if keras.backend.backend() == "tensorflow":
+    from expectigrad_tf._backend_tf import TFBackend as _Backend
+else:
+    from expectigrad_tf._backend_generic import GenericBackend as _Backend
 
-_TF_BACKEND = keras.backend.backend() == "tensorflow"
-if _TF_BACKEND:
-    import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util
-
-# Dispatch paths (see Expectigrad.dispatch_report()).
-FUSED = "fused"
-COMPOSITE = "composite"
-COMPOSITE_XLA = "composite-xla"
-SPARSE = "sparse"
-
-_FUSED_DTYPES = ("float16", "bfloat16", "float32", "float64")
-# Strategies whose variables the fused op can update replica by replica.
-_FUSED_STRATEGIES = (
-    "_DefaultDistributionStrategy",
-    "OneDeviceStrategy",
-    "MirroredStrategy",
-    "MultiWorkerMirroredStrategy",
-    "CollectiveAllReduceStrategy",
-    "_CollectiveAllReduceStrategyExperimental",
-)
-
-
-def _in_xla():
-    """True while tracing inside an XLA compilation (jit_compile=True)."""
-    return _TF_BACKEND and control_flow_util.GraphOrParentsInXlaContext(
-        tf.compat.v1.get_default_graph()
-    )
+# Re-exported for callers of the previous layout.
+from expectigrad_tf.dispatch import COMPOSITE, COMPOSITE_XLA, FUSED, SPARSE  # noqa: E402,F401
 
 
 def _state_dtype(dtype):
@@ -61,7 +42,7 @@ def _check_number(name, value, low, low_inclusive, high=None):
 
 
 @keras.saving.register_keras_serializable(package="expectigrad_tf", name="Expectigrad")
-class Expectigrad(keras.optimizers.Optimizer):
+class Expectigrad(_Backend, keras.optimizers.Optimizer):
     """Optimizer that implements the Expectigrad algorithm.
 
     Expectigrad (Daley & Amato, ICLR 2021 submission, Algorithm 1) normalises
@@ -79,9 +60,11 @@ class Expectigrad(keras.optimizers.Optimizer):
     correction.
 
     Dense gradients go through a fused, compiled TensorFlow op (one pass over
-    memory per element, many variables per call) when it is available; sparse
-    gradients (``tf.IndexedSlices``), XLA compilation and other backends use
-    composite ops with identical results. See ``dispatch_report()``.
+    memory per element, many variables per call) when it is available, with
+    and without XLA (``jit_compile=True`` lowers it to a custom call into the
+    same kernels); sparse gradients (``tf.IndexedSlices``), ``fused=False``,
+    other Keras backends and a missing op use composite ops with identical
+    results. See ``dispatch_report()``.
 
     Args:
         learning_rate: A float > 0, a
@@ -184,16 +167,17 @@ class Expectigrad(keras.optimizers.Optimizer):
     def _make_slot(self, ref, name, dtype):
         if keras.backend.standardize_dtype(dtype) == keras.backend.standardize_dtype(ref.dtype):
             return self.add_variable_from_reference(ref, name=name)
-        # Same naming as add_variable_from_reference, with another dtype.
+        return self._make_state_slot(ref, name, dtype)
+
+    def _make_state_slot(self, ref, name, dtype):
+        """A zeros slot of another dtype than ``ref`` (named as
+        ``add_variable_from_reference`` names them); backends add placement."""
         full_name = f"{ref.path.replace('/', '_')}_{name}" if hasattr(ref, "path") else name
-        make = lambda: self.add_variable(  # noqa: E731
-            shape=ref.shape, initializer="zeros", dtype=dtype, name=full_name
-        )
-        if _TF_BACKEND:
-            colocate = ref.value if isinstance(ref, keras.Variable) else ref
-            with self._distribution_strategy.extended.colocate_vars_with(colocate):
-                return make()
-        return make()
+        return self.add_variable(shape=ref.shape, initializer="zeros", dtype=dtype, name=full_name)
+
+    @staticmethod
+    def _state_dtype(dtype):
+        return _state_dtype(dtype)
 
     def load_own_variables(self, store):
         """Restores state saved by ``save_own_variables`` (``.keras`` /
@@ -236,129 +220,35 @@ class Expectigrad(keras.optimizers.Optimizer):
         return config
 
     # --------------------------------------------------------------- dispatch
-    def _fused_unavailable_reason(self):
-        if self.fused is False:
-            return "fused=False"
-        if not _TF_BACKEND:
-            return f"Keras backend is {keras.backend.backend()!r}, not 'tensorflow'"
-        return _ops.unavailable_reason()
-
-    def _choose_path(self, gradient, variable, distribution=None):
-        """The one dispatch point: returns (path, reason) for a variable."""
-        if _TF_BACKEND and isinstance(gradient, tf.IndexedSlices):
-            return SPARSE, "gradient is tf.IndexedSlices: sparse composite path"
-        if _in_xla():
-            return COMPOSITE_XLA, "inside an XLA compilation (jit_compile=True): XLA fuses the composite ops"
-        reason = self._fused_unavailable_reason()
-        if reason is not None:
-            return COMPOSITE, reason
-        dtype = keras.backend.standardize_dtype(variable.dtype)
-        if dtype not in _FUSED_DTYPES:
-            return COMPOSITE, f"dtype {dtype} has no fused kernel"
-        if "GPU" in (variable.device or "").upper() and "GPU" not in _ops.fused_status()["devices"]:
-            return COMPOSITE, f"no GPU kernel: {_ops.fused_status()['gpu_reason']}"
-        if distribution is not None and type(distribution).__name__ not in _FUSED_STRATEGIES:
-            return COMPOSITE, f"strategy {type(distribution).__name__} is not supported by the fused op"
-        return FUSED, "dense gradient, fused op loaded"
-
     def _record(self, variable, path, reason):
-        key = getattr(variable, "path", None) or getattr(variable, "name", str(id(variable)))
+        index = self._get_variable_index(variable)
+        name = getattr(variable, "path", None) or getattr(variable, "name", None) or "variable"
         with self._dispatch_lock:
-            self._dispatch_log[key] = (path, reason)
+            self._dispatch_log[index] = (name, path, reason)
 
     def dispatch_report(self):
         """{variable path: (path, reason)} as decided for the last traced step.
 
         ``path`` is one of ``"fused"``, ``"composite"``, ``"composite-xla"``
-        and ``"sparse"``. Decisions are made when a step is traced (once per
-        ``tf.function`` trace, every step in eager mode).
+        and ``"sparse"`` (see ``expectigrad_tf.dispatch``). Decisions are made
+        when a step is traced (once per ``tf.function`` trace, every step in
+        eager mode). Variables that share a name are told apart by their
+        index in the optimizer (``"name [#3]"``).
         """
         with self._dispatch_lock:
-            return dict(self._dispatch_log)
-
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if not _TF_BACKEND:
-            for grad, var in zip(grads, trainable_variables):
-                path, reason = self._choose_path(grad, var)
-                self._record(var, path, reason)
-                self.update_step(grad, var, learning_rate)
-            return
-        if not _in_xla():
-            # A schedule or callable may produce NaN/inf: fail at this step,
-            # before any state is touched, on every path.
-            learning_rate = tf.debugging.check_numerics(
-                tf.convert_to_tensor(learning_rate),
-                "Expectigrad: the learning rate is not finite (check the schedule)",
-            )
-        # As keras' TFOptimizer: all-reduce, then update in a merge call.
-        trainable_variables = [
-            v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
-        ]
-        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            self._distributed_tf_update_step,
-            self._distribution_strategy,
-            grads_and_vars,
-            learning_rate,
-        )
-
-    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
-        groups = {}  # (dtype, device) -> [(grad, var)] for the fused op
-        for grad, var in grads_and_vars:
-            path, reason = self._choose_path(grad, var, distribution)
-            self._record(var, path, reason)
-            if path == FUSED:
-                groups.setdefault((var.dtype, var.device), []).append((grad, var))
-            else:
-                distribution.extended.update(
-                    var,
-                    lambda v, g, lr: self.update_step(g, v, lr),
-                    args=(grad, learning_rate),
-                    group=False,
-                )
-        for pairs in groups.values():
-            grads = [g for g, _ in pairs]
-            variables = [v for _, v in pairs]
-            # One op call per group and device. Inside update(), every
-            # distributed variable resolves to this replica's component, and
-            # per-replica values passed in args (gradients, learning rate)
-            # are selected for it, so the whole list goes into one call per
-            # replica.
-            distribution.extended.update(
-                variables[0],
-                # vs=variables binds this group now, not the loop's last one.
-                lambda _, gs, lr, vs=variables: self._fused_apply(vs, gs, lr),
-                args=(grads, learning_rate),
-                group=False,
-            )
-
-    def _fused_apply(self, variables, grads, learning_rate):
-        state = _state_dtype(variables[0].dtype)
-        scalar_dtype = tf.float64 if state == "float64" else tf.float32
-        sums, counts, moms = [], [], []
-        for v in variables:
-            s, n, m = self._slots_for(v)
-            sums.append(s.value.handle)
-            if n is not None:
-                counts.append(n.value.handle)
-            if m is not None:
-                moms.append(m.value.handle)
-        return _ops.op_module().expectigrad_apply(
-            var=[v.handle for v in variables],
-            sum=sums,
-            count=counts,
-            momentum=moms,
-            grad=[tf.cast(g, v.dtype) for g, v in zip(grads, variables)],
-            lr=tf.cast(learning_rate, scalar_dtype),
-            beta=tf.constant(self.beta, scalar_dtype),
-            epsilon=tf.constant(self.epsilon, scalar_dtype),
-            step=tf.cast(self.iterations + 1, tf.int64),
-        )
+            entries = sorted(self._dispatch_log.items())
+        names = [name for _, (name, _, _) in entries]
+        report = {}
+        for index, (name, path, reason) in entries:
+            key = name if names.count(name) == 1 else f"{name} [#{index}]"
+            report[key] = (path, reason)
+        return report
 
     # -------------------------------------------------------- composite paths
     def update_step(self, gradient, variable, learning_rate):
-        """Composite update of one variable (sparse, XLA, or no fused op)."""
-        if _TF_BACKEND and isinstance(gradient, tf.IndexedSlices):
+        """Composite update of one variable (sparse gradient, no fused op, or
+        fused=False); the sparse update comes from the backend mixin."""
+        if self._is_sparse(gradient):
             return self._sparse_update(gradient, variable, learning_rate)
         return self._dense_update(gradient, variable, learning_rate)
 
@@ -397,40 +287,6 @@ class Expectigrad(keras.optimizers.Optimizer):
             self.assign(variable, ops.cast(x - lr_t * m, variable.dtype))
         else:
             self.assign(variable, ops.cast(x - lr_t * u, variable.dtype))
-
-    def _sparse_update(self, gradient, variable, learning_rate):
-        """Rows-only update for tf.IndexedSlices; equal to the dense update of
-        the densified gradient: sum/count change only on the given rows, the
-        momentum decays everywhere."""
-        s_var, n_var, m_var = self._slots_for(variable)
-        state = s_var.dtype
-        lr_t, step, beta, one_minus_beta, eps = self._scalars(learning_rate, state)
-        # Sum duplicate indices first, as densifying would.
-        indices, positions = tf.unique(gradient.indices)
-        values = tf.math.unsorted_segment_sum(
-            gradient.values, positions, tf.shape(indices)[0]
-        )
-        g = tf.cast(values, state)
-        gg = g * g
-        s_rows = tf.gather(s_var.value, indices) + gg
-        s_var.value.scatter_update(tf.IndexedSlices(s_rows, indices))
-        if n_var is not None:
-            n_rows = tf.gather(n_var.value, indices) + tf.sign(gg)
-            n_var.value.scatter_update(tf.IndexedSlices(n_rows, indices))
-        else:
-            n_rows = step
-        u = g / (eps + tf.sqrt(tf.math.divide_no_nan(s_rows, n_rows)))
-        if m_var is not None:
-            m = beta * tf.cast(m_var.value, state)
-            m_rows = tf.gather(m, indices) + one_minus_beta * u
-            m = tf.tensor_scatter_nd_update(m, indices[:, None], m_rows)
-            self.assign(m_var, tf.cast(m, m_var.dtype))
-            x = tf.cast(variable, state) - lr_t * m
-            self.assign(variable, tf.cast(x, variable.dtype))
-        else:
-            x_rows = tf.gather(tf.cast(variable, state), indices) - lr_t * u
-            var = variable.value if isinstance(variable, keras.Variable) else variable
-            var.scatter_update(tf.IndexedSlices(tf.cast(x_rows, var.dtype), indices))
 
 
 if Expectigrad.__doc__ is not None:

@@ -1,0 +1,100 @@
+"""Which implementation updates a variable: one pure function.
+
+``choose_path`` takes plain facts (no TensorFlow objects), so the tests call it
+directly for every combination. The optimizer gathers the facts for each
+variable when a step is traced and records the answer in
+``Expectigrad.dispatch_report()``.
+
+Paths:
+
+- ``fused``: the compiled ``ExpectigradApply`` op (one pass over memory for
+  every tensor of a (dtype, device) group). Outside XLA it runs the op's TF
+  kernel; inside XLA (``jit_compile=True``) its lowering emits a custom call
+  into the same kernels.
+- ``composite``: the update written in ``keras.ops`` (any backend).
+- ``composite-xla``: the same composite ops, compiled by XLA, when the fused op
+  cannot be used inside XLA.
+- ``sparse``: rows-only composite update for ``tf.IndexedSlices``.
+"""
+
+FUSED = "fused"
+COMPOSITE = "composite"
+COMPOSITE_XLA = "composite-xla"
+SPARSE = "sparse"
+
+FUSED_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+# Strategies whose variables the fused op can update replica by replica.
+FUSED_STRATEGIES = (
+    "_DefaultDistributionStrategy",
+    "OneDeviceStrategy",
+    "MirroredStrategy",
+    "MultiWorkerMirroredStrategy",
+    "CollectiveAllReduceStrategy",
+    "_CollectiveAllReduceStrategyExperimental",
+)
+
+
+class FusedUnavailableError(RuntimeError):
+    """``fused=True`` was asked for, but this variable cannot take the op."""
+
+
+def choose_path(
+    *,
+    sparse,
+    in_xla,
+    fused,
+    backend="tensorflow",
+    op_reason=None,
+    dtype="float32",
+    on_gpu=False,
+    gpu_reason=None,
+    strategy=None,
+    variable="variable",
+):
+    """Returns ``(path, reason)`` for one variable's update.
+
+    Args:
+        sparse: the gradient is a ``tf.IndexedSlices``.
+        in_xla: the step is being traced inside an XLA compilation.
+        fused: the optimizer's ``fused`` setting: None (use the op where
+            possible), True (require it), False (never).
+        backend: the Keras backend name.
+        op_reason: why the op library cannot be used, None when it is loaded.
+        dtype: the variable's dtype, as a string.
+        on_gpu: the variable lives on a GPU.
+        gpu_reason: why there are no GPU kernels (nor a GPU XLA lowering),
+            None when there are.
+        strategy: the ``tf.distribute`` strategy's class name, or None.
+        variable: the variable's name, for error messages.
+
+    Raises:
+        FusedUnavailableError: ``fused=True`` and a dense gradient cannot take
+            the fused op (sparse gradients always take the sparse path).
+    """
+    if sparse:
+        return SPARSE, "gradient is tf.IndexedSlices: sparse composite path"
+    composite = COMPOSITE_XLA if in_xla else COMPOSITE
+    where = " (inside XLA: XLA fuses the composite ops)" if in_xla else ""
+    if fused is False:
+        return composite, "fused=False" + where
+    reason = None
+    if backend != "tensorflow":
+        reason = f"Keras backend is {backend!r}, not 'tensorflow'"
+    elif op_reason is not None:
+        reason = op_reason
+    elif dtype not in FUSED_DTYPES:
+        reason = f"dtype {dtype} has no fused kernel"
+    elif on_gpu and gpu_reason is not None:
+        reason = f"no GPU kernel: {gpu_reason}"
+    elif strategy is not None and strategy not in FUSED_STRATEGIES:
+        reason = f"strategy {strategy} is not supported by the fused op"
+    if reason is None:
+        if in_xla:
+            return FUSED, "dense gradient, fused op inside XLA (custom call expectigrad_apply)"
+        return FUSED, "dense gradient, fused op"
+    if fused is True:
+        raise FusedUnavailableError(
+            f"Expectigrad(fused=True): {variable} cannot take the fused op: {reason}"
+        )
+    return composite, reason + where
