@@ -13,14 +13,15 @@ skip, =1 to require). See expectigrad_tf/_build.py.
 import importlib.util
 import os
 
-from setuptools import find_packages, setup
+from setuptools import Distribution, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _load_builder():
-    # Load _build.py by path: importing the package would import Keras.
+    # Load _build.py by path (it loads build_config.py beside it the same
+    # way): importing the package would import Keras.
     spec = importlib.util.spec_from_file_location(
         "_expectigrad_build", os.path.join(HERE, "expectigrad_tf", "_build.py")
     )
@@ -30,7 +31,9 @@ def _load_builder():
 
 
 class BuildExt(build_ext):
-    """Builds the pybind11 harness, then the TensorFlow op libraries."""
+    """Builds the TensorFlow op libraries (expectigrad_tf/_build.py, flags and
+    sources from expectigrad_tf/build_config.py). The pybind11 test harnesses
+    are not part of the package: tools/build_harness.py builds them."""
 
     def run(self):
         super().run()
@@ -43,21 +46,18 @@ class BuildExt(build_ext):
                 "(pip install tensorflow; pip install --no-build-isolation .): "
                 f"{e}"
             )
-        out = HERE if self.inplace else os.path.join(self.build_lib)
+        out = HERE if (self.inplace or getattr(self, "editable_mode", False)) \
+            else os.path.join(self.build_lib)
         out = os.path.join(out, "expectigrad_tf")
         builder.build(out_dir=out, verbose=True)
 
 
-def _harness_extension():
-    from pybind11.setup_helpers import Pybind11Extension
+class BinaryDistribution(Distribution):
+    """No setuptools Extension, but compiled libraries: run build_ext and
+    make a platform wheel."""
 
-    return Pybind11Extension(
-        "expectigrad_tf._harness",
-        ["csrc/harness/harness.cc"],
-        include_dirs=["csrc"],
-        cxx_std=17,
-        extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"],
-    )
+    def has_ext_modules(self):
+        return True
 
 
 setup(
@@ -82,10 +82,9 @@ setup(
         ]
     },
     package_data={"expectigrad_tf": ["*.so", "_build_info.json"]},
-    ext_modules=[_harness_extension()],
+    distclass=BinaryDistribution,
     cmdclass={"build_ext": BuildExt},
     install_requires=["tensorflow>=2.16", "numpy"],
-    setup_requires=["pybind11>=2.10"],
     extras_require={
         "test": ["pytest", "hypothesis", "scikit-learn", "tensorflow-datasets", "dockerfile-parse",
                  "matplotlib", "sacrebleu"],

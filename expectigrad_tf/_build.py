@@ -3,118 +3,56 @@
 Used by ``setup.py`` (``pip install --no-build-isolation .``) and runnable on
 its own to (re)build in place, e.g. after upgrading TensorFlow::
 
-    python -m expectigrad_tf._build            # into the installed package
+    python -m expectigrad_tf._build            # into the package directory
     EXPECTIGRAD_CUDA=0 python -m expectigrad_tf._build
 
 Outputs, beside this file:
 
 - ``_expectigrad_ops.so``: op definition + CPU kernels (no CUDA dependency);
 - ``_expectigrad_ops_cuda.so``: GPU kernels, only when nvcc is found; CUDA's
-  runtime is linked statically so the library loads without a CUDA install;
-- ``_build_info.json``: the TensorFlow version the libraries were built for.
+  runtime is linked statically so the library loads without a CUDA install
+  (a GPU then needs a driver that supports the CUDA version it was built
+  with: recorded as ``cuda_version`` and checked by ``_ops.py`` at load time);
+- ``_build_info.json``: the TensorFlow and CUDA versions the libraries were
+  built for.
 
-Environment: ``EXPECTIGRAD_CUDA`` = ``auto`` (default: build GPU kernels when
-nvcc is found) | ``1`` (required) | ``0`` (never); ``EXPECTIGRAD_NVCC`` = path
-to nvcc; ``EXPECTIGRAD_CUDA_ARCHS`` = e.g. ``80;90`` (default ``80;90``);
-``CXX`` = the C++ compiler (default ``g++``).
+Flags, sources, CUDA architectures and the environment variables
+(``EXPECTIGRAD_CUDA``, ``EXPECTIGRAD_NVCC``, ``EXPECTIGRAD_CUDA_ARCHS``,
+``CUDA_HOME``, ``CXX``) are described once in ``expectigrad_tf.build_config``.
 
-This module must not import the rest of the package (setup.py loads it by path).
+This module imports only ``build_config`` from the package (setup.py loads
+both without importing the package, which would import Keras).
 """
 
 import concurrent.futures
 import datetime
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-CSRC = os.path.join(ROOT, "csrc")
+if __package__:  # python -m expectigrad_tf._build, or imported normally
+    from expectigrad_tf import build_config as bc
+else:  # loaded by path (setup.py): build_config is beside this file
+    import importlib.util
 
-CPU_LIB = "_expectigrad_ops.so"
-CUDA_LIB = "_expectigrad_ops_cuda.so"
+    _spec = importlib.util.spec_from_file_location(
+        "_expectigrad_build_config",
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "build_config.py"))
+    bc = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(bc)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = bc.CSRC
+CPU_LIB = bc.ARTEFACTS["tf_ops"]["output"]
+CUDA_LIB = bc.ARTEFACTS["tf_ops_cuda"]["output"]
 BUILD_INFO = "_build_info.json"
 
-CPU_SOURCES = ["tf/ops/expectigrad_ops.cc", "tf/kernels/expectigrad_op_cpu.cc",
-               "tf/xla/expectigrad_ffi_cpu.cc", "tf/xla/expectigrad_xla_cpu.cc"]
-GPU_HOST_SOURCES = ["tf/kernels/expectigrad_op_gpu.cc", "tf/xla/expectigrad_ffi_cuda.cc",
-                    "tf/xla/expectigrad_xla_gpu.cc"]
-# Sources that include TensorFlow's XLA headers need these extra include dirs
-# (relative to TensorFlow's include dir) and libtensorflow_cc at link time.
-XLA_INCLUDES = ["external/highwayhash", "external/farmhash_archive/src"]
-TF_CC_LIB = "-l:libtensorflow_cc.so.2"
-CUDA_SOURCES = ["cuda/expectigrad_kernel.cu"]
-
-
-class BuildError(RuntimeError):
-    pass
-
-
-def _run(cmd, verbose):
-    if verbose:
-        print("[expectigrad build]", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BuildError(
-            f"command failed ({proc.returncode}): {' '.join(cmd)}\n"
-            f"{proc.stdout}\n{proc.stderr}"
-        )
-    return proc
-
-
-def find_nvcc():
-    """Path to nvcc, honouring EXPECTIGRAD_NVCC, or None."""
-    explicit = os.environ.get("EXPECTIGRAD_NVCC")
-    if explicit:
-        return explicit if os.path.exists(explicit) else None
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-            return os.path.join(home, "bin", "nvcc")
-    return None
-
-
-def cuda_home(nvcc):
-    """The CUDA toolkit root that holds cuda_runtime.h for this nvcc."""
-    candidates = [os.environ.get("CUDA_HOME"),
-                  os.path.dirname(os.path.dirname(os.path.realpath(nvcc))),
-                  "/usr/local/cuda"]
-    for home in candidates:
-        if home and os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
-            return home
-    raise BuildError(f"found nvcc at {nvcc} but no CUDA toolkit with "
-                     "include/cuda_runtime.h; set CUDA_HOME")
-
-
-def cuda_mode():
-    mode = os.environ.get("EXPECTIGRAD_CUDA", "auto").strip().lower()
-    if mode not in ("auto", "0", "1", "off", "on"):
-        raise BuildError(
-            f"EXPECTIGRAD_CUDA must be auto, 0 or 1, got {mode!r}"
-        )
-    return {"on": "1", "off": "0"}.get(mode, mode)
-
-
-def cuda_archs(default="80;90"):
-    """(nvcc -gencode flags, arch list) from EXPECTIGRAD_CUDA_ARCHS: SASS for
-    each arch plus PTX of the newest, so newer GPUs can JIT it."""
-    raw = os.environ.get("EXPECTIGRAD_CUDA_ARCHS", default)
-    archs = [a.strip() for a in raw.replace(",", ";").split(";") if a.strip()]
-    if not archs:
-        raise BuildError("EXPECTIGRAD_CUDA_ARCHS is empty")
-    flags = []
-    for a in archs:
-        if not re.fullmatch(r"\d+[af]?", a):
-            raise BuildError(f"EXPECTIGRAD_CUDA_ARCHS: bad arch {a!r} (e.g. 90 or 80;90)")
-        flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-    flags += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
-    return flags, archs
+BuildError = bc.BuildError
+find_nvcc = bc.find_nvcc
+cuda_home = bc.cuda_home
+cuda_mode = bc.cuda_mode
+cuda_archs = bc.cuda_archs
 
 
 def tf_flags():
@@ -123,6 +61,8 @@ def tf_flags():
     return (
         tf.sysconfig.get_compile_flags(),
         tf.sysconfig.get_link_flags(),
+        tf.sysconfig.get_include(),
+        tf.sysconfig.get_lib(),
         tf.__version__,
         tf.version.GIT_VERSION,
     )
@@ -130,84 +70,64 @@ def tf_flags():
 
 def build(out_dir=HERE, verbose=True):
     """Compiles the libraries into out_dir. Returns the build-info dict."""
-    cxx = os.environ.get("CXX", "g++")
-    cflags, lflags, tf_version, tf_git = tf_flags()
-    includes = [
-        "-I" + CSRC,
-        "-I" + os.path.join(CSRC, "tf", "kernels"),
-        "-I" + os.path.join(CSRC, "tf", "xla"),
-    ]
-    tf_inc = next(f[2:] for f in cflags if f.startswith("-I"))
-    includes += ["-I" + os.path.join(tf_inc, d) for d in XLA_INCLUDES]
-    # -fno-math-errno -fno-trapping-math let the element loop vectorise
-    # (sqrt without errno, branch-free selects); IEEE results are unchanged.
-    # -ffp-contract=off: no FMA contraction, so the AVX-512/AVX2/baseline
-    # clones of the loop round identically.
-    common = ["-std=c++17", "-fPIC", "-O3", "-DNDEBUG", "-fno-math-errno",
-              "-fno-trapping-math", "-ffp-contract=off"] + includes + cflags
-    warn = ["-Wno-deprecated-declarations", "-Wno-ignored-attributes",
-            "-Wno-interference-size"]
-
-    mode = cuda_mode()
-    nvcc = find_nvcc() if mode != "0" else None
+    cxx = bc.find_cxx()
+    cflags, lflags, tf_include, tf_lib, tf_version, tf_git = tf_flags()
+    mode = bc.cuda_mode()
+    nvcc = bc.find_nvcc() if mode != "0" else None
     if mode == "1" and nvcc is None:
         raise BuildError("EXPECTIGRAD_CUDA=1 but nvcc was not found "
                          "(set EXPECTIGRAD_NVCC or put nvcc on PATH)")
+    paths = {"tf_include": tf_include, "tf_lib": tf_lib}
+    home = archs = None
+    if nvcc:
+        home = bc.cuda_home(nvcc)
+        paths["cuda_include"] = os.path.join(home, "include")
+        archs = bc.cuda_archs()[1]
+    names = ["tf_ops"] + (["tf_ops_cuda"] if nvcc else [])
 
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="expectigrad-build-") as tmp:
-        jobs = []
-
-        def obj(src):
-            return os.path.join(tmp, src.replace("/", "_") + ".o")
-
-        for src in CPU_SOURCES:
-            jobs.append([cxx, "-c", os.path.join(CSRC, src), "-o", obj(src)]
-                        + common + warn)
-        if nvcc:
-            home = cuda_home(nvcc)
-            cuda_inc = os.path.join(home, "include")
-            for src in GPU_HOST_SOURCES:
-                jobs.append([cxx, "-c", os.path.join(CSRC, src), "-o", obj(src),
-                             "-DGOOGLE_CUDA=1", "-I" + cuda_inc] + common + warn)
-            for src in CUDA_SOURCES:
-                jobs.append([nvcc, "-c", os.path.join(CSRC, src), "-o", obj(src),
-                             "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
-                             "--expt-relaxed-constexpr", "--fmad=false", "-I" + CSRC]
-                            + cuda_archs()[0])
+        objects, jobs = {}, []
+        for name in names:
+            objects[name] = []
+            for src in bc.ARTEFACTS[name]["sources"]:
+                obj = os.path.join(tmp, name + "_" + src.replace("/", "_") + ".o")
+                objects[name].append(obj)
+                jobs.append(bc.object_command(name, src, obj, cxx=cxx, nvcc=nvcc,
+                                              paths=paths, extra_cxx=cflags, archs=archs))
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            for fut in [pool.submit(_run, j, verbose) for j in jobs]:
+            for fut in [pool.submit(bc.run, j, verbose) for j in jobs]:
                 fut.result()
 
-        cpu_out = os.path.join(out_dir, CPU_LIB)
-        _run([cxx, "-shared", "-o", cpu_out]
-             + [obj(s) for s in CPU_SOURCES] + lflags + [TF_CC_LIB], verbose)
+        # Link into temporary names, then move: a failed build never leaves a
+        # half-written library behind.
+        for name in names:
+            art = bc.ARTEFACTS[name]
+            tmp_out = os.path.join(tmp, art["output"])
+            cuda_link = bc.cuda_static_link_args(home) if art["cuda"] else []
+            bc.run([cxx] + bc.shared_flags("tf") + ["-o", tmp_out] + objects[name]
+                   + bc.link_args(name, paths) + cuda_link + lflags, verbose)
+            os.replace(tmp_out, os.path.join(out_dir, art["output"]))
         cuda_out = os.path.join(out_dir, CUDA_LIB)
-        if nvcc:
-            cuda_lib_dirs = [os.path.join(home, d)
-                             for d in ("lib64", "lib", "targets/x86_64-linux/lib")]
-            _run([cxx, "-shared", "-o", cuda_out]
-                 + [obj(s) for s in GPU_HOST_SOURCES + CUDA_SOURCES]
-                 + ["-L" + d for d in cuda_lib_dirs if os.path.isdir(d)]
-                 + ["-Wl,--exclude-libs,ALL", "-lcudart_static", "-lrt", TF_CC_LIB,
-                    "-ldl", "-lpthread"] + lflags, verbose)
-        elif os.path.exists(cuda_out):
+        if not nvcc and os.path.exists(cuda_out):
             os.remove(cuda_out)  # never leave a stale GPU library behind
 
-    nvcc_version = None
-    if nvcc:
-        nvcc_version = _run([nvcc, "--version"], False).stdout.strip().splitlines()[-1]
     info = {
         "tensorflow_version": tf_version,
         "tensorflow_git_version": tf_git,
         "cuda": bool(nvcc),
-        "nvcc": nvcc_version,
-        "cuda_archs": ";".join(cuda_archs()[1]) if nvcc else None,
+        "nvcc": None,
+        # The CUDA version the GPU library's (static) runtime comes from: the
+        # NVIDIA driver must support it (checked when the library is loaded).
+        "cuda_version": bc.nvcc_version(nvcc) if nvcc else None,
+        "cuda_archs": ";".join(archs) if nvcc else None,
         "compiler": cxx,
         "python": sys.version.split()[0],
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
+    if nvcc:
+        info["nvcc"] = bc.run([nvcc, "--version"], False).stdout.strip().splitlines()[-1]
     with open(os.path.join(out_dir, BUILD_INFO), "w") as f:
         json.dump(info, f, indent=2)
     return info
