@@ -31,12 +31,12 @@
 
 namespace expectigrad {
 
-// Scalars for one step, precomputed once on the host.
+// Scalars for one step (see make_step_scalars).
 template <typename S>
 struct StepScalars {
   S lr_t;            // lr / (1 - beta^t) with momentum, lr without.
   S beta;            // momentum constant (unused without momentum).
-  S one_minus_beta;  // 1 - beta, computed once on the host.
+  S one_minus_beta;  // 1 - beta, computed once in double.
   S epsilon;         // denominator constant.
   S step;            // t as S: the counter value when sparse_counter is off.
 };
@@ -78,11 +78,24 @@ EXPECTIGRAD_HD void update_element(S g, S& x, S& s, S& n, S& m,
   }
 }
 
-// Host-side precomputation of the step scalars, shared by every backend.
-// Computed in double, then rounded once to S.
+// Whether (lr, step) can be used: lr finite and >= 0 (0 is legal, e.g. a
+// warm-up's first step), step >= 1. Callable on the device: the CUDA kernel
+// reads lr and step from device memory and, when this is false, changes
+// nothing (the callers validate on their side and report the error; see
+// expectigrad_checks.h for the messages).
+EXPECTIGRAD_HD bool valid_lr_step(double lr, int64_t step) {
+  return lr >= 0.0 && lr <= 1.7976931348623157e308 && step >= 1;  // NaN: false
+}
+
+// The step scalars, shared by every backend: computed in double, then
+// rounded once to S. The CUDA kernel calls this on the device with lr and
+// step read from device memory; the CPU kernels on the host.
+// Note: the device's pow() may differ from glibc's by one ulp in double for
+// some (beta, step); rounded to float32 that almost never shows, in float64
+// lr_t may differ by one ulp between the CPU and GPU kernels.
 template <typename S>
-inline StepScalars<S> make_step_scalars(double lr, double beta, double epsilon,
-                                        int64_t step) {
+EXPECTIGRAD_HD StepScalars<S> make_step_scalars(double lr, double beta,
+                                                double epsilon, int64_t step) {
   StepScalars<S> p;
   const double bias = beta > 0.0 ? 1.0 - std::pow(beta, double(step)) : 1.0;
   p.lr_t = static_cast<S>(lr / bias);

@@ -1,14 +1,15 @@
 // pybind11 module `_harness_cuda`: the CUDA launcher of csrc/cuda on device
 // buffers from any library that exports __cuda_array_interface__ (CuPy,
-// PyTorch, Numba...), with no TensorFlow. Built by scripts/build_harness.py
+// PyTorch, Numba...), with no TensorFlow. Built by tools/build_harness.py
 // (host compiler for this file, nvcc for expectigrad_kernel.cu, CUDA's
 // runtime linked statically so the module imports on machines without CUDA)
-// and used by scripts/gpu_check.py.
+// and used by tools/gpu_check.
 //
 //   apply_cuda(var, sum, count, momentum, grad, lr, beta, epsilon, step,
-//              stream=0, dtype=None)
+//              stream=0, dtype=None, lr_dtype="float64")
 //   prepare_cuda(var, sum, count, momentum, grad, dtype=None) -> Plan
-//   Plan.apply(lr, beta, epsilon, step, stream=0)
+//   Plan.apply(lr, beta, epsilon, step, stream=0, lr_dtype="float64")
+//   set_max_blocks(n)  (testing: cap the grid; 0 = default)
 //   copy(dst, src, stream=0), synchronize(stream=None)
 //   device_count(), device_info(device=0), runtime_version(), driver_version()
 //
@@ -33,6 +34,11 @@
 // stream). An array's interface "stream" (version 3), when it names another
 // stream, is waited on with an event before the launch (no host blocking).
 //
+// lr and step: the launcher reads them from device memory (as the TF op
+// does). They are validated here on the host, then written to a small device
+// buffer on the launch stream (from pinned memory, no host sync) before the
+// launch; lr is stored as lr_dtype (float64 or float32, as Keras may hold it).
+//
 // Errors: bad arguments raise ValueError/TypeError naming the argument and
 // index (checked before any CUDA call); CUDA failures, including "no GPU",
 // raise RuntimeError. Device pointers are not checked to be on the current
@@ -41,7 +47,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -272,6 +281,99 @@ bool same_stream(uintptr_t a, uintptr_t b) {
   return norm(a) == norm(b);
 }
 
+// lr and step in device memory for each launch. Per device, a ring of slots:
+// the values are written to a pinned host slot, copied to the device slot on
+// the launch stream, and the kernel reads the device slot. An event recorded
+// after the launch guards each slot: it is reused only once that launch is
+// done, so neither the pinned source nor the device copy is overwritten while
+// a pending copy or kernel (on any stream) may still read it.
+struct ScalarSlot {
+  double lr64;
+  float lr32;
+  int32_t pad;
+  int64_t step;
+};
+
+class ScalarRing {
+ public:
+  static constexpr int kSlots = 64;
+
+  // Stages (lr, step) on `stream`; fills `scalars` with device pointers.
+  // The caller launches, then calls launched(stream).
+  void stage(double lr, bool lr_f64, int64_t step, cudaStream_t stream,
+             expectigrad::cuda::DeviceScalars* scalars) {
+    init();
+    slot_ = next_;
+    next_ = (next_ + 1) % kSlots;
+    if (recorded_[slot_])
+      check_cuda(cudaEventSynchronize(events_[slot_]), "cudaEventSynchronize");
+    ScalarSlot& h = host_[slot_];
+    h.lr64 = lr;
+    h.lr32 = static_cast<float>(lr);
+    h.pad = 0;
+    h.step = step;
+    check_cuda(cudaMemcpyAsync(dev_ + slot_, &h, sizeof(ScalarSlot),
+                               cudaMemcpyHostToDevice, stream),
+               "cudaMemcpyAsync (scalars)");
+    ScalarSlot* d = dev_ + slot_;
+    scalars->lr = lr_f64 ? static_cast<const void*>(&d->lr64)
+                         : static_cast<const void*>(&d->lr32);
+    scalars->lr_type = lr_f64 ? expectigrad::cuda::ScalarType::kFloat64
+                              : expectigrad::cuda::ScalarType::kFloat32;
+    scalars->step = &d->step;
+  }
+
+  void launched(cudaStream_t stream) {
+    check_cuda(cudaEventRecord(events_[slot_], stream), "cudaEventRecord");
+    recorded_[slot_] = true;
+  }
+
+ private:
+  void init() {
+    if (dev_ != nullptr) return;
+    check_cuda(cudaMallocHost(reinterpret_cast<void**>(&host_),
+                              kSlots * sizeof(ScalarSlot)), "cudaMallocHost");
+    check_cuda(cudaMalloc(reinterpret_cast<void**>(&dev_), kSlots * sizeof(ScalarSlot)),
+               "cudaMalloc");
+    for (int i = 0; i < kSlots; ++i)
+      check_cuda(cudaEventCreateWithFlags(&events_[i], cudaEventDisableTiming),
+                 "cudaEventCreate");
+  }
+
+  ScalarSlot* host_ = nullptr;  // pinned
+  ScalarSlot* dev_ = nullptr;
+  cudaEvent_t events_[kSlots];
+  bool recorded_[kSlots] = {};
+  int next_ = 0, slot_ = 0;
+};
+
+// Launches with lr/step staged through the current device's ring (kept for
+// the life of the process). Serialised: the rings are shared.
+int launch_with_scalars(DType dtype, const std::vector<RawChunk>& chunks, double lr,
+                        bool lr_f64, int64_t step, double beta, double epsilon,
+                        cudaStream_t stream) {
+  static std::mutex mu;
+  static std::map<int, ScalarRing>* rings = new std::map<int, ScalarRing>();
+  std::lock_guard<std::mutex> lock(mu);
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  ScalarRing& ring = (*rings)[device];
+  expectigrad::cuda::DeviceScalars scalars;
+  scalars.beta = beta;
+  scalars.epsilon = epsilon;
+  ring.stage(lr, lr_f64, step, stream, &scalars);
+  const int err = expectigrad::cuda::launch_update(
+      dtype, chunks.data(), int(chunks.size()), scalars, stream);
+  if (err == 0) ring.launched(stream);
+  return err;
+}
+
+bool parse_lr_dtype(const std::string& lr_dtype) {
+  if (lr_dtype == "float64") return true;
+  if (lr_dtype == "float32") return false;
+  throw py::value_error("lr_dtype must be 'float64' or 'float32', got '" + lr_dtype + "'");
+}
+
 class Plan {
  public:
   Plan(const py::object& var, const py::object& sum, const py::object& count,
@@ -348,9 +450,12 @@ class Plan {
   }
 
   void apply(double lr, double beta, double epsilon, int64_t step,
-             const py::object& stream) {
-    if (!(lr >= 0) || !(beta >= 0 && beta < 1) || !(epsilon > 0) || step < 1)
-      throw py::value_error("need lr >= 0, 0 <= beta < 1, epsilon > 0, step >= 1");
+             const py::object& stream, const std::string& lr_dtype) {
+    // The kernel would silently skip an invalid lr/step: reject it here.
+    if (!(std::isfinite(lr) && lr >= 0) || !(beta >= 0 && beta < 1) ||
+        !(std::isfinite(epsilon) && epsilon > 0) || step < 1)
+      throw py::value_error("need finite lr >= 0, 0 <= beta < 1, epsilon > 0, step >= 1");
+    const bool lr_f64 = parse_lr_dtype(lr_dtype);
     if (chunks_.empty()) return;
     const uintptr_t s = stream_handle(stream);
     ensure_device();
@@ -369,9 +474,8 @@ class Plan {
       py::gil_scoped_release release;
       // Without a momentum slot the step has no bias correction (beta == 0),
       // exactly as apply_cpu.
-      err = expectigrad::cuda::launch_update(
-          dtype_, chunks_.data(), int(chunks_.size()), lr, has_mom_ ? beta : 0.0,
-          epsilon, step, reinterpret_cast<void*>(s));
+      err = launch_with_scalars(dtype_, chunks_, lr, lr_f64, step, has_mom_ ? beta : 0.0,
+                                epsilon, reinterpret_cast<cudaStream_t>(s));
     }
     check_cuda(static_cast<cudaError_t>(err), "launch_update");
   }
@@ -404,9 +508,9 @@ class Plan {
 void apply_cuda(const py::object& var, const py::object& sum, const py::object& count,
                 const py::object& momentum, const py::object& grad, double lr,
                 double beta, double epsilon, int64_t step, const py::object& stream,
-                const py::object& dtype) {
+                const py::object& dtype, const std::string& lr_dtype) {
   Plan plan(var, sum, count, momentum, grad, dtype);
-  plan.apply(lr, beta, epsilon, step, stream);
+  plan.apply(lr, beta, epsilon, step, stream, lr_dtype);
 }
 
 void copy(const py::object& dst, const py::object& src, const py::object& stream) {
@@ -493,7 +597,9 @@ PYBIND11_MODULE(_harness_cuda, m) {
                    "arrays alive.")
       .def("apply", &Plan::apply, py::arg("lr"), py::arg("beta"), py::arg("epsilon"),
            py::arg("step"), py::arg("stream") = py::int_(0),
-           "Launches one Expectigrad step (asynchronous on `stream`).")
+           py::arg("lr_dtype") = "float64",
+           "Launches one Expectigrad step (asynchronous on `stream`); lr and step "
+           "go to the kernel through device memory, lr as lr_dtype.")
       .def_property_readonly("num_tensors", &Plan::num_tensors)
       .def_property_readonly("num_elements", &Plan::num_elements)
       .def_property_readonly("dtype", &Plan::dtype)
@@ -511,10 +617,14 @@ PYBIND11_MODULE(_harness_cuda, m) {
   m.def("apply_cuda", &apply_cuda, py::arg("var"), py::arg("sum"), py::arg("count"),
         py::arg("momentum"), py::arg("grad"), py::arg("lr"), py::arg("beta"),
         py::arg("epsilon"), py::arg("step"), py::arg("stream") = py::int_(0),
-        py::arg("dtype") = py::none(),
+        py::arg("dtype") = py::none(), py::arg("lr_dtype") = "float64",
         "One Expectigrad step in place on lists of device arrays, launched "
         "asynchronously on `stream`. count and momentum may be None (sparse "
         "counter off / beta == 0). dtype overrides the var/momentum/grad dtype.");
+  m.def("set_max_blocks", &expectigrad::cuda::set_max_blocks_for_testing,
+        py::arg("max_blocks"),
+        "Testing: caps the blocks per launch (0: default, 8 per multiprocessor), "
+        "to force a grid smaller than the data.");
   m.def("copy", &copy, py::arg("dst"), py::arg("src"), py::arg("stream") = py::int_(0),
         "Device-to-device copy of src's bytes into dst (asynchronous).");
   m.def("synchronize", &synchronize, py::arg("stream") = py::none(),
