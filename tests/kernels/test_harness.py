@@ -1,8 +1,8 @@
 """The pybind11 harnesses (no TensorFlow): the CPU host loop against the NumPy
-reference, scripts/build_harness.py, the CUDA module's argument checking and
-its behaviour without a GPU, and scripts/gpu_check.py without a GPU."""
+reference, tools/build_harness.py, the CUDA module's argument checking and
+its behaviour without a GPU, and tools/gpu_check without a GPU. The harnesses
+are built once per session (conftest.py)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,25 +10,14 @@ import sys
 
 import numpy as np
 import pytest
+from kernel_helpers import ROOT, load_extension, run_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if os.path.join(ROOT, "tests") not in sys.path:
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from expectigrad_tf.reference import ExpectigradNumpy  # noqa: E402
-
-from expectigrad_tf import _harness  # noqa: E402
+from expectigrad_tf import build_config
+from expectigrad_tf.reference import ExpectigradNumpy
 
 VARIANTS = [(beta, sc) for beta in (0.0, 0.9) for sc in (True, False)]
 SIZES = [0, 1, 7, 4097]
 LR, EPS = 0.05, 1e-8
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _gradient(rng, size, t):
@@ -67,7 +56,7 @@ def _assert_matches(slots, ref, dtype, beta, sparse):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("beta,sparse", VARIANTS)
 @pytest.mark.parametrize("size", SIZES)
-def test_apply_cpu_matches_reference(dtype, beta, sparse, size):
+def test_apply_cpu_matches_reference(harness, dtype, beta, sparse, size):
     rng = np.random.default_rng(size * 10 + int(beta * 10) + sparse)
     x0 = rng.standard_normal(size).astype(dtype)
     ref = ExpectigradNumpy(x0, lr=LR, beta=beta, eps=EPS, sparse_counter=sparse, dtype=dtype)
@@ -75,7 +64,7 @@ def test_apply_cpu_matches_reference(dtype, beta, sparse, size):
     x, s, n, m = slots
     for t in range(1, 8):
         g = _gradient(rng, size, t).astype(dtype)
-        _harness.apply_cpu([x], [s], None if n is None else [n], None if m is None else [m],
+        harness.apply_cpu([x], [s], None if n is None else [n], None if m is None else [m],
                            [g], LR, beta, EPS, t)
         ref.step(g)
     _assert_matches(slots, ref, dtype, beta, sparse)
@@ -88,7 +77,7 @@ def test_apply_cpu_matches_reference(dtype, beta, sparse, size):
         assert (n[1:] < 7).any(), "zero gradients must not be counted"
 
 
-def test_apply_cpu_float64_matches_independent_reference_closely():
+def test_apply_cpu_float64_matches_independent_reference_closely(harness):
     # float32 above is checked against a float32 reference; here float64 over
     # many steps against the float64 reference, as the paper's algorithm.
     rng = np.random.default_rng(7)
@@ -97,14 +86,14 @@ def test_apply_cpu_float64_matches_independent_reference_closely():
     slots = _slots(x0, np.float64, 0.9, True)
     for t in range(1, 101):
         g = _gradient(rng, 257, t)
-        _harness.apply_cpu([slots[0]], [slots[1]], [slots[2]], [slots[3]], [g], LR, 0.9, EPS, t)
+        harness.apply_cpu([slots[0]], [slots[1]], [slots[2]], [slots[3]], [g], LR, 0.9, EPS, t)
         ref.step(g)
     _assert_matches(slots, ref, np.float64, 0.9, True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("beta,sparse", VARIANTS)
-def test_apply_cpu_multi_tensor_list(dtype, beta, sparse):
+def test_apply_cpu_multi_tensor_list(harness, dtype, beta, sparse):
     rng = np.random.default_rng(3)
     shapes = [(0,), (1,), (7,), (4097,), (3, 5), (64, 2), (0, 4), (2, 3, 4)] * 6  # 48 tensors
     sizes = [int(np.prod(s)) for s in shapes]
@@ -117,7 +106,7 @@ def test_apply_cpu_multi_tensor_list(dtype, beta, sparse):
         g = _gradient(rng, offsets[-1], t).astype(dtype)
         grads = [g[offsets[i]:offsets[i + 1]].reshape(shapes[i]).copy()
                  for i in range(len(shapes))]
-        _harness.apply_cpu([x for x, _, _, _ in tensors], [s for _, s, _, _ in tensors],
+        harness.apply_cpu([x for x, _, _, _ in tensors], [s for _, s, _, _ in tensors],
                            [n for _, _, n, _ in tensors] if sparse else None,
                            [m for _, _, _, m in tensors] if beta > 0 else None,
                            grads, LR, beta, EPS, t)
@@ -129,8 +118,8 @@ def test_apply_cpu_multi_tensor_list(dtype, beta, sparse):
         np.testing.assert_allclose(flat, want, **_tol(dtype), err_msg=name)
 
 
-def test_apply_cpu_empty_list_is_a_no_op():
-    _harness.apply_cpu([], [], None, None, [], LR, 0.9, EPS, 1)
+def test_apply_cpu_empty_list_is_a_no_op(harness):
+    harness.apply_cpu([], [], None, None, [], LR, 0.9, EPS, 1)
 
 
 def _ok_args(n=4, dtype=np.float32):
@@ -156,61 +145,53 @@ def _ok_args(n=4, dtype=np.float32):
     (dict(epsilon=0.0), ValueError, "epsilon"),
     (dict(step=0), ValueError, "step"),
 ], ids=lambda v: str(v)[:40])
-def test_apply_cpu_rejects_bad_input(change, error, match):
+def test_apply_cpu_rejects_bad_input(harness, change, error, match):
     args = _ok_args()
     args.update(change)
     with pytest.raises(error, match=match):
-        _harness.apply_cpu(**args)
+        harness.apply_cpu(**args)
 
 
-def test_apply_cpu_rejects_read_only_var():
+def test_apply_cpu_rejects_read_only_var(harness):
     args = _ok_args()
     args["var"][0].setflags(write=False)
     with pytest.raises(ValueError, match=r"var\[0\]"):
-        _harness.apply_cpu(**args)
+        harness.apply_cpu(**args)
 
 
-def test_apply_cpu_bad_input_leaves_arrays_untouched():
+def test_apply_cpu_bad_input_leaves_arrays_untouched(harness):
     args = _ok_args()
     args["var"][0][:] = 1.0
     args["grad"][0][:] = 1.0
     args["sum"] = [np.zeros(4, np.float32), np.zeros(4, np.float32)]
     with pytest.raises(ValueError):
-        _harness.apply_cpu(**args)
+        harness.apply_cpu(**args)
     assert (args["var"][0] == 1.0).all()
 
 
-# ------------------------------------------------------ build_harness.py
-BUILD_SCRIPT = os.path.join(ROOT, "scripts", "build_harness.py")
-HAVE_NVCC = _load("_bh_probe", BUILD_SCRIPT).find_nvcc() is not None
-
-# Runs a script with TensorFlow and Keras made unimportable.
-_NO_TF = ("import runpy, sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None; "
-          "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+# ------------------------------------------------------ tools/build_harness
+HAVE_NVCC = build_config.find_nvcc() is not None
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """Builds both harnesses once (CUDA when nvcc is here), without TensorFlow."""
-    out = tmp_path_factory.mktemp("harness")
-    proc = subprocess.run(
-        [sys.executable, "-c", _NO_TF, BUILD_SCRIPT, "--out", str(out), "--cuda", "auto", "-q"],
-        capture_output=True, text=True, timeout=900, cwd=str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    info = json.loads(proc.stdout)
-    return out, info
+def built(harness_build):
+    """(dir, info) of the session's harness build (conftest.py)."""
+    return harness_build
 
 
-def test_build_harness_builds_cpu_module_without_tensorflow(built):
+def test_build_harness_builds_modules_without_tensorflow(built, tmp_path):
     out, info = built
     assert os.path.dirname(info["cpu"]) == str(out) and os.path.exists(info["cpu"])
+    if build_config.cuda_include_dir(build_config.find_nvcc()) is not None:
+        assert info["emulated"] and os.path.exists(info["emulated"]), info
     code = (
         "import sys, numpy as np; sys.modules['tensorflow'] = None; "
         f"sys.path.insert(0, {str(out)!r}); import _harness; "
         "x = np.ones(3, np.float32); s = np.zeros(3, np.float32); "
         "_harness.apply_cpu([x], [s], None, None, [np.full(3, 2, np.float32)], 0.5, 0.0, 1e-8, 1); "
         "print(x.tolist())")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     # g = 2, s = 4, n = 1: x = 1 - 0.5 * 2 / (1e-8 + 2) ~= 0.5
     np.testing.assert_allclose(json.loads(proc.stdout), [0.5] * 3, rtol=1e-6)
@@ -218,29 +199,68 @@ def test_build_harness_builds_cpu_module_without_tensorflow(built):
 
 def test_build_harness_reuses_up_to_date_outputs(built):
     out, info = built
-    before = os.path.getmtime(info["cpu"])
-    bh = _load("_bh_reuse", BUILD_SCRIPT)
-    again = bh.build(str(out), cuda="auto", verbose=False)
-    assert again["cpu"] == info["cpu"] and os.path.getmtime(info["cpu"]) == before
+    before = {k: os.path.getmtime(info[k]) for k in ("cpu", "emulated", "cuda") if info[k]}
+    proc = run_tool("tools.build_harness", "--out", out, "--cuda", "auto", "-q")
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads(proc.stdout)
+    assert {k: os.path.getmtime(again[k]) for k in before} == before
 
 
-def test_build_harness_rejects_bad_arch(monkeypatch, tmp_path):
-    bh = _load("_bh_arch", BUILD_SCRIPT)
+def test_build_harness_help_without_tensorflow():
+    proc = run_tool("tools.build_harness", "--help", timeout=120)
+    assert proc.returncode == 0 and "--cuda" in proc.stdout, proc.stderr
+
+
+def test_build_config_archs(monkeypatch):
     monkeypatch.setenv("EXPECTIGRAD_CUDA_ARCHS", "sm_90")
-    with pytest.raises(bh.BuildError, match="bad arch"):
-        bh.cuda_archs()
+    with pytest.raises(build_config.BuildError, match="bad arch"):
+        build_config.cuda_archs()
     monkeypatch.setenv("EXPECTIGRAD_CUDA_ARCHS", "80;90a")
-    flags, archs = bh.cuda_archs()
+    flags, archs = build_config.cuda_archs()
     assert archs == ["80", "90a"] and "arch=compute_90a,code=compute_90a" in flags
     monkeypatch.delenv("EXPECTIGRAD_CUDA_ARCHS")
-    assert bh.cuda_archs()[1] == ["90"]  # H100/H200 by default
+    # One default for every build (TF op libraries and harnesses).
+    assert build_config.cuda_archs()[1] == ["80", "90"]
 
 
-def test_build_harness_requires_nvcc_when_asked(monkeypatch, tmp_path):
-    bh = _load("_bh_nvcc", BUILD_SCRIPT)
+def test_build_config_cuda_mode(monkeypatch):
+    monkeypatch.delenv("EXPECTIGRAD_CUDA", raising=False)
+    assert build_config.cuda_mode() == "auto"
+    for raw, want in (("on", "1"), ("1", "1"), ("off", "0"), ("FALSE", "0"), ("auto", "auto")):
+        assert build_config.cuda_mode(raw) == want
+    monkeypatch.setenv("EXPECTIGRAD_CUDA", "maybe")
+    with pytest.raises(build_config.BuildError, match="auto, 1 or 0"):
+        build_config.cuda_mode()
+
+
+def test_build_config_is_the_only_flag_source():
+    """The floating-point flags are written once, in build_config, and every
+    artefact's compile command carries them."""
+    for flag in ("-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-O3"):
+        assert flag in build_config.CXX_FLAGS
+    assert "--fmad=false" in build_config.NVCC_FLAGS
+    for path in ("expectigrad_tf/_build.py", "tools/build_harness.py", "setup.py"):
+        with open(os.path.join(ROOT, path)) as f:
+            text = f.read()
+        for flag in ("-ffp-contract", "--fmad", "-lcudart_static", "arch=compute_"):
+            assert flag not in text, f"{path} repeats {flag}"
+    for name, art in build_config.ARTEFACTS.items():
+        for src in art["sources"]:
+            cmd = build_config.object_command(
+                name, src, "x.o", cxx="g++", nvcc="nvcc", archs=["90"],
+                paths={"cuda_include": "/cuda/include", "tf_include": "/tf/include",
+                       "tf_lib": "/tf/lib"})
+            assert os.path.exists(os.path.join(build_config.CSRC, src)), src
+            if cmd[0] == "nvcc":
+                assert "--fmad=false" in cmd and "arch=compute_90,code=sm_90" in cmd
+            else:
+                assert "-ffp-contract=off" in cmd, (name, src)
+
+
+def test_build_harness_requires_nvcc_when_asked(monkeypatch, tmp_path, tools_pkg):
     monkeypatch.setenv("EXPECTIGRAD_NVCC", str(tmp_path / "no-such-nvcc"))
-    with pytest.raises(bh.BuildError, match="nvcc was not found"):
-        bh.build(str(tmp_path), cuda="1", verbose=False)
+    with pytest.raises(build_config.BuildError, match="nvcc was not found"):
+        tools_pkg.build_harness.build(str(tmp_path), cuda="1", verbose=False)
 
 
 # ------------------------------------------------------------ _harness_cuda
@@ -251,7 +271,7 @@ def hcuda(built):
         pytest.skip("nvcc not found: the CUDA harness is not built")
     assert info["cuda"] and os.path.exists(info["cuda"]), info
     # cudart is linked statically: importing works without a GPU or driver.
-    return _load("_harness_cuda", info["cuda"])
+    return load_extension(info["cuda"])
 
 
 class FakeDeviceArray:
@@ -280,7 +300,8 @@ def test_harness_cuda_module_loads_without_gpu(hcuda):
     assert hcuda.runtime_version() >= 11000
     assert hcuda.CUDA_RUNTIME_VERSION == hcuda.runtime_version()
     assert hcuda.device_count() >= 0
-    for name in ("apply_cuda", "prepare_cuda", "copy", "synchronize", "device_info"):
+    for name in ("apply_cuda", "prepare_cuda", "copy", "synchronize", "device_info",
+                 "set_max_blocks"):
         assert callable(getattr(hcuda, name))
 
 
@@ -302,6 +323,9 @@ def test_harness_cuda_module_loads_without_gpu(hcuda):
     (dict(var=[F(4, readonly=True), F(2, 3)]), ValueError, r"var\[0\] is read-only"),
     (dict(sum=[F(4), F(2, 3, ptr=0)]), ValueError, r"sum\[1\] has a null data pointer"),
     (dict(momentum=[F(4), F(2, 3, mask=object())]), ValueError, r"momentum\[1\]: masked"),
+    (dict(lr=float("inf")), ValueError, "lr >= 0"),
+    (dict(lr=float("nan")), ValueError, "lr >= 0"),
+    (dict(lr_dtype="float16"), ValueError, "lr_dtype must be"),
     (dict(lr=-1.0), ValueError, "lr >= 0"),
     (dict(beta=1.0), ValueError, "beta"),
     (dict(step=0), ValueError, "step"),
@@ -379,19 +403,20 @@ def test_copy_validates(hcuda):
         hcuda.copy(F(4), F(4), stream="default")
 
 
-# ------------------------------------------------------------- gpu_check.py
-GPU_CHECK = os.path.join(ROOT, "scripts", "gpu_check.py")
-
-
+# ------------------------------------------------------------- tools/gpu_check
 def _looks_like_gpu_machine():
     return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
 
 
-def test_gpu_check_without_gpu_exits_2(tmp_path):
+def test_gpu_check_help_without_gpu_or_tensorflow():
+    proc = run_tool("tools.gpu_check", "--help", timeout=120)
+    assert proc.returncode == 0 and "--backend" in proc.stdout, proc.stderr
+
+
+def test_gpu_check_without_gpu_exits_2():
     if _looks_like_gpu_machine():
-        pytest.skip("this machine has a GPU: see tests/test_gpu.py")
-    proc = subprocess.run([sys.executable, "-c", _NO_TF, GPU_CHECK, "--quick"],
-                          capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+        pytest.skip("this machine has a GPU: see tests/op/test_gpu.py")
+    proc = run_tool("tools.gpu_check", "--quick", timeout=300)
     if proc.returncode == 0 and "Correctness: PASS" in proc.stdout:
         pytest.skip("a library here sees a GPU")
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -399,14 +424,12 @@ def test_gpu_check_without_gpu_exits_2(tmp_path):
 
 
 def test_gpu_check_logic_on_cpu_simulation(built, tmp_path):
-    """The script's checks and report, with the CPU harness standing in for the
-    GPU (--backend cpu-sim): tests the script, not the CUDA kernel."""
+    """The tool's checks and report, with the CPU harness standing in for the
+    GPU (--backend cpu-sim): tests the tool, not the CUDA kernel."""
     out, _ = built
     report = tmp_path / "report.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", _NO_TF, GPU_CHECK, "--backend", "cpu-sim", "--quick", "-q",
-         "--build-dir", str(out), "--out", str(report)],
-        capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    proc = run_tool("tools.gpu_check", "--backend", "cpu-sim", "--quick", "-q",
+                    "--build-dir", str(out), "--out", str(report), timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "SIMULATED" in proc.stdout and "Correctness: PASS" in proc.stdout
     data = json.loads(report.read_text())
@@ -415,6 +438,7 @@ def test_gpu_check_logic_on_cpu_simulation(built, tmp_path):
     kinds = {(c["check"], c["dtype"]) for c in checks}
     for dtype in ("float32", "float64", "float16", "bfloat16"):
         assert ("single", dtype) in kinds and ("multi-tensor", dtype) in kinds
+        assert ("lr-float32", dtype) in kinds
     assert {c["size"] for c in checks if c["check"] == "single"} >= {0, 1, 7, 4097}
     assert any(c.get("misaligned") for c in checks)
     assert all(c["tensors"] > 40 for c in checks if c["check"] == "multi-tensor")
@@ -422,31 +446,33 @@ def test_gpu_check_logic_on_cpu_simulation(built, tmp_path):
     assert len(data["bench"]["update"]) >= 16
 
 
-def test_gpu_check_detects_a_wrong_kernel(built):
+def test_gpu_check_detects_a_wrong_kernel(harness, tools_pkg):
     """The comparison is sharp enough: a kernel with lr off by 1 % fails."""
-    out, _ = built
-    gc = _load("_gpu_check", GPU_CHECK)
-    be = gc.CpuSimBackend(_load("_harness", os.path.join(
-        str(out), "_harness" + gc._load("_bh2", BUILD_SCRIPT).ext_suffix())))
-    good, bad = gc.Results(), gc.Results()
-    gc.check_single(be, good, "float32", 0.9, True, 4097, 4, True, 1)
-    gc.check_multi(be, good, "float16", 0.9, False, 45, 3, 2)
+    from tools.gpu_check.backends import CpuSimBackend
+    from tools.gpu_check.checks import Results, check_multi, check_single
+
+    be = CpuSimBackend(harness)
+    good, bad = Results(), Results()
+    check_single(be, good, "float32", 0.9, True, 4097, 4, True, 1)
+    check_multi(be, good, "float16", 0.9, False, 45, 3, 2)
+    check_single(be, good, "float64", 0.9, True, 4097, 4, True, 1, lr_dtype="float32")
     right = be.apply
-    be.apply = lambda v, s, n, m, g, lr, *rest: right(v, s, n, m, g, lr * 1.01, *rest)
-    gc.check_single(be, bad, "float32", 0.9, True, 4097, 4, True, 1)
-    gc.check_multi(be, bad, "float16", 0.9, False, 45, 3, 2)
-    assert [c["passed"] for c in good.checks] == [True, True]
+    be.apply = lambda v, s, n, m, g, lr, *rest, **kw: right(v, s, n, m, g, lr * 1.01, *rest, **kw)
+    check_single(be, bad, "float32", 0.9, True, 4097, 4, True, 1)
+    check_multi(be, bad, "float16", 0.9, False, 45, 3, 2)
+    assert [c["passed"] for c in good.checks] == [True, True, True]
     assert not bad.checks[0]["passed"] and bad.checks[0]["max_err_over_tol"] > 10
 
 
-def test_gpu_check_bfloat16_rounding_matches_ml_dtypes():
+def test_gpu_check_bfloat16_rounding_matches_ml_dtypes(tools_pkg):
     ml_dtypes = pytest.importorskip("ml_dtypes")
-    gc = _load("_gpu_check_bf16", GPU_CHECK)
+    from tools.gpu_check.backends import from_storage, to_storage
+
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.standard_normal(10000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 10000),
                         np.array([0.0, -0.0, 1.0, 1.00390625, 1.01171875, 65504.0, 3e38], np.float32)])
-    ours = gc.to_storage(x, "bfloat16")
+    ours = to_storage(x, "bfloat16")
     theirs = x.astype(ml_dtypes.bfloat16).view(np.uint16)
     np.testing.assert_array_equal(ours, theirs)
-    np.testing.assert_array_equal(gc.from_storage(ours, "bfloat16"),
+    np.testing.assert_array_equal(from_storage(ours, "bfloat16"),
                                   theirs.view(ml_dtypes.bfloat16).astype(np.float64))
