@@ -1,4 +1,4 @@
-"""scripts/benchmark.py --quick runs and writes complete, well-formed output.
+"""expectigrad-benchmark --quick runs and writes complete, well-formed output.
 
 No timing assertions: the numbers depend on the machine and its load; only
 their presence, sign and finiteness are checked.
@@ -13,20 +13,10 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "scripts", "benchmark.py")
+from expectigrad_experiments.benchmark import workloads
 
 pytestmark = pytest.mark.slow
-
-
-def _load_script_constants():
-    """The script's workload/method tables, read without importing TF twice."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_bench_under_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+COMMAND = os.path.join(os.path.dirname(sys.executable), "expectigrad-benchmark")
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +25,9 @@ def quick_run(tmp_path_factory):
     js, md = out / "bench.json", out / "bench.md"
     rerendered = out / "rerendered.md"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    assert os.path.exists(COMMAND), f"expectigrad-benchmark is not installed next to {sys.executable}"
     proc = subprocess.run(
-        [sys.executable, SCRIPT, "--quick", "--out-json", str(js), "--out-md", str(md),
+        [COMMAND, "--quick", "--out-json", str(js), "--out-md", str(md),
          "--date", "2026-11-28"],
         cwd=str(out), env=env, capture_output=True, text=True, timeout=900,
     )
@@ -47,7 +38,8 @@ def quick_run(tmp_path_factory):
         text = f.read()
     # Re-rendering from the JSON measures nothing and reproduces the table.
     again = subprocess.run(
-        [sys.executable, SCRIPT, "--from-json", str(js), "--out-json", str(js),
+        [sys.executable, "-m", "expectigrad_experiments.benchmark", "--from-json", str(js),
+         "--out-json", str(js),
          "--out-md", str(rerendered)],
         cwd=str(out), env=env, capture_output=True, text=True, timeout=120,
     )
@@ -74,11 +66,13 @@ def test_meta(quick_run):
     assert isinstance(meta["intra_op_threads"], int) and meta["intra_op_threads"] >= 1
     assert meta["usable_cpus"] >= 1
     assert meta["fused_op_available"] is True
+    assert meta["command"].startswith("expectigrad-benchmark --quick --out-json ")
+    assert meta["fused_op_build"]["library_sha256"]
 
 
 def test_every_method_and_workload_present(quick_run):
     data, _, _ = quick_run
-    mod = _load_script_constants()
+    mod = workloads
     got = {(r["dtype"], r["workload"], r["method"]) for r in data["step"]}
     want = {(dt, label, m) for label, _, _, _, dt, methods in mod.QUICK_WORKLOADS
             for m in methods}
@@ -175,9 +169,9 @@ def test_markdown(quick_run):
     assert "nan" not in text.lower().split("targets")[0]
 
 
-def test_module_entry_point_help():
-    """`python -m scripts.benchmark` resolves (from the repository root)."""
-    proc = subprocess.run([sys.executable, "-m", "scripts.benchmark", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+def test_module_entry_point_help(tmp_path):
+    """`python -m expectigrad_experiments.benchmark` resolves from any directory."""
+    proc = subprocess.run([sys.executable, "-m", "expectigrad_experiments.benchmark", "--help"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--quick" in proc.stdout and "--out-json" in proc.stdout

@@ -1,7 +1,9 @@
-"""End-to-end tests of scripts/reddi.py (the Reddi problem, paper Figure 1).
+"""End-to-end tests of expectigrad_experiments.reddi (the Reddi problem, paper
+Figure 1).
 
-The script runs in a subprocess: it configures TensorFlow's thread pools,
-which is only possible before TensorFlow starts in a process.
+The quick run is a subprocess (``python -m expectigrad_experiments.reddi``
+from a scratch directory): the experiment configures TensorFlow's thread
+pools, which is only possible before TensorFlow starts in a process.
 """
 
 import csv
@@ -13,18 +15,25 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("matplotlib")  # scripts/reddi.py plots with it
+from expectigrad_experiments import reddi
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "scripts", "reddi.py")
+pytest.importorskip("matplotlib")  # the experiment plots with it
+
 OPTIMIZERS = ["expectigrad", "adam", "rmsprop", "adadelta", "amsgrad", "yogi"]
 HIT = "first_step_x_le_minus_1"
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
 
 
-def _run(args, cwd=ROOT, module=False, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    cmd = [sys.executable] + (["-m", "scripts.reddi"] if module else [SCRIPT]) + list(args)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+def _command(name):
+    """An installed console command, next to this Python."""
+    exe = os.path.join(os.path.dirname(sys.executable), name)
+    assert os.path.exists(exe), f"{name} is not installed next to {sys.executable}"
+    return exe
+
+
+def _run(args, cwd, timeout=300):
+    cmd = [sys.executable, "-m", "expectigrad_experiments.reddi"] + list(args)
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -39,7 +48,7 @@ def _read_csv(path):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reddi_quick")
-    stdout = _run(["--quick", "--out-dir", str(out)])
+    stdout = _run(["--quick", "--out-dir", str(out)], cwd=tmp_path_factory.mktemp("cwd"))
     return out, stdout
 
 
@@ -115,7 +124,6 @@ def test_first_hit_is_exact(tmp_path):
     """The paper's small instance (C=3, N=3): Expectigrad reaches x <= -1 in
     a few thousand steps; with x recorded every step, the summary's first
     step must be the first CSV row with x <= -1."""
-    reddi = _import_reddi()
     reddi.main(["--steps", "2500", "--record-every", "1", "--lr", "0.004", "--C", "3", "--N", "3",
                 "--stoch-runs", "1", "--stoch-C", "3", "--stoch-p", "0.3333333",
                 "--optimizers", "expectigrad,adam,yogi", "--out-dir", str(tmp_path)])
@@ -141,29 +149,19 @@ def test_first_hit_is_exact(tmp_path):
     assert hits >= 3
 
 
-def test_runs_as_module_and_rejects_bad_flags(tmp_path):
-    out = _run(["--help"], module=True)
-    assert "--quick" in out and "--beta2" in out
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    bad = subprocess.run([sys.executable, SCRIPT, "--optimizers", "adamw", "--out-dir", str(tmp_path)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "unknown optimizer" in bad.stderr
-
-
-def _import_reddi():
-    scripts = os.path.join(ROOT, "scripts")
-    if scripts not in sys.path:
-        sys.path.append(scripts)
-    import reddi
-
-    return reddi
+def test_command_rejects_bad_flags(tmp_path):
+    for bad_name in ("adamw", "adagrad"):  # adagrad: in the factory, not in this experiment
+        bad = subprocess.run([_command("expectigrad-reddi"), "--optimizers", bad_name,
+                              "--out-dir", str(tmp_path / "out")],
+                             cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and "unknown optimizer" in bad.stderr, bad.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_stochastic_draws_match_reference(jit):
     import tensorflow as tf
 
-    reddi = _import_reddi()
     seed, runs = 7, 3
     keys = tf.constant([reddi.run_key(seed, r) for r in range(runs)], tf.uint64)
     draw = tf.function(lambda t: reddi.stochastic_uniform_tf(keys, t), jit_compile=jit)
@@ -181,11 +179,10 @@ def test_stochastic_draws_match_reference(jit):
 def test_xla_and_plain_graph_agree(tmp_path):
     """Same trajectories with and without XLA (in this process: the script
     then leaves TensorFlow's thread settings alone)."""
-    reddi = _import_reddi()
     common = ["--steps", "3000", "--stoch-runs", "2", "--record-every", "1000"]
     a = reddi.main(common + ["--out-dir", str(tmp_path / "xla")])
     b = reddi.main(common + ["--no-jit", "--out-dir", str(tmp_path / "plain")])
     for prob, res in a["results"].items():
         for opt, r in res.items():
             assert r["final_x"] == pytest.approx(b["results"][prob][opt]["final_x"], rel=1e-12, abs=1e-14)
-    assert a["command"].endswith("--out-dir " + str(tmp_path / "xla"))
+    assert a["command"] == "expectigrad-reddi " + " ".join(common + ["--out-dir", str(tmp_path / "xla")])

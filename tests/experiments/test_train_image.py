@@ -1,5 +1,6 @@
-"""Tests of scripts/train_image.py (Figures 2-4 experiments) and
-scripts/momentum_study.py (Figure 2 left: inner vs outer momentum).
+"""Tests of expectigrad_experiments.train_image (Figures 2-4 experiments),
+expectigrad_experiments.momentum_study (Figure 2 left: inner vs outer
+momentum) and the datasets they share (expectigrad_experiments.data).
 
 Quick runs only (seconds each): the MLP on scikit-learn's digits, one small
 CNN on the generated images, the TFDS path through tfds.testing.mock_data,
@@ -17,13 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = os.path.join(ROOT, "scripts")
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
-
-import momentum_study  # noqa: E402
-import train_image  # noqa: E402
+from expectigrad_experiments import data, momentum_study, train_image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -63,20 +58,20 @@ def _check_training_csv(path, epochs, validation=True):
 
 # ------------------------------------------------------------------ data
 def test_generated_images_are_deterministic_and_balanced():
-    x1, y1 = train_image.generate_images(120, size=32, seed=3)
-    x2, y2 = train_image.generate_images(120, size=32, seed=3)
+    x1, y1 = data.generate_images(120, size=32, seed=3)
+    x2, y2 = data.generate_images(120, size=32, seed=3)
     assert x1.dtype == np.uint8 and x1.shape == (120, 32, 32, 3)
     assert y1.dtype == np.int32 and y1.shape == (120,)
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(np.bincount(y1, minlength=10), np.full(10, 12))
-    x3, _ = train_image.generate_images(120, size=32, seed=4)
+    x3, _ = data.generate_images(120, size=32, seed=4)
     assert not np.array_equal(x1, x3)
     # Not degenerate: every image has contrast, images differ from each other.
     assert (x1.reshape(120, -1).std(axis=1) > 10).all()
     assert len({img.tobytes() for img in x1}) == 120
     # n not divisible by the class count: counts differ by at most one.
-    _, y = train_image.generate_images(23, size=16, seed=0, num_classes=4)
+    _, y = data.generate_images(23, size=16, seed=0, num_classes=4)
     counts = np.bincount(y, minlength=4)
     assert counts.sum() == 23 and counts.max() - counts.min() <= 1
 
@@ -84,7 +79,7 @@ def test_generated_images_are_deterministic_and_balanced():
 def test_generated_classes_are_not_separable_by_colour():
     """Colours are drawn independently of the class: the mean colour of an
     image predicts its class no better than chance (a CNN must see shapes)."""
-    x, y = train_image.generate_images(600, size=16, seed=0)
+    x, y = data.generate_images(600, size=16, seed=0)
     means = x.reshape(600, -1, 3).mean(axis=1)
     class_means = np.stack([means[y == c].mean(axis=0) for c in range(10)])
     nearest = np.argmin(((means[:, None, :] - class_means[None]) ** 2).sum(-1), axis=1)
@@ -92,10 +87,38 @@ def test_generated_classes_are_not_separable_by_colour():
 
 
 def test_digits_split():
-    (x, y), (xt, yt) = train_image.load_digits_split(0)
+    (x, y), (xt, yt) = data.load_digits_split(0)
     assert x.shape == (1437, 8, 8, 1) and xt.shape == (360, 8, 8, 1)
+    assert x.dtype == np.float32 and y.dtype == np.int32
     assert 0.0 <= x.min() and x.max() <= 1.0
     assert set(np.unique(y)) == set(range(10))
+    assert train_image.load_digits_split is data.load_digits_split  # what train_image uses
+    # The split train_image had before it moved to the shared module.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    rx, ry = load_digits(return_X_y=True)
+    rx = (rx / 16.0).astype("float32").reshape(-1, 8, 8, 1)
+    rx, rxt, ry, ryt = train_test_split(rx, ry.astype("int32"), test_size=0.2, random_state=0,
+                                        stratify=ry)
+    for got, want in zip((x, xt, y, yt), (rx, rxt, ry, ryt)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_demo_digits_split(seed):
+    """The demo's split: flat vectors, a seeded shuffle, the first 80% to train
+    (the same arrays as the demo's own loader produced before it moved)."""
+    from sklearn.datasets import load_digits
+
+    (x, y), (xt, yt) = data.load_digits_shuffled_split(seed)
+    assert x.shape == (1437, 64) and xt.shape == (360, 64)
+    assert x.dtype == np.float32 and y.dtype == np.int32
+    rx, ry = load_digits(return_X_y=True)
+    order = np.random.default_rng(seed).permutation(len(rx))
+    rx, ry = (rx / 16.0).astype("float32")[order], ry[order].astype("int32")
+    np.testing.assert_array_equal(np.concatenate([x, xt]), rx)
+    np.testing.assert_array_equal(np.concatenate([y, yt]), ry)
 
 
 # ------------------------------------------------------------------ CLI settings
@@ -128,8 +151,14 @@ def test_hyperparameter_presets():
     for name in ("rmsprop", "yogi", "adam"):
         assert train_image.optimizer_hparams(name, shared) == dict(
             lr=1e-3, beta1=0.9, beta2=0.99, epsilon=1e-8)
-    opt = train_image.make_optimizer("rmsprop", 1e-3, 0.0, 0.9, 1e-10)
-    assert abs(float(opt.rho) - 0.9) < 1e-12
+    from expectigrad_experiments.optimizers import make_optimizer
+
+    hp = train_image.optimizer_hparams("rmsprop", paper)
+    opt = make_optimizer("rmsprop", hp["lr"], hp["beta1"], hp["beta2"], hp["epsilon"])
+    assert abs(float(opt.rho) - 0.9) < 1e-12 and opt.epsilon == 1e-10
+    hp = train_image.optimizer_hparams("adagrad", paper)
+    opt = make_optimizer("adagrad", hp["lr"], hp["beta1"], hp["beta2"], hp["epsilon"])
+    assert type(opt).__name__ == "Adagrad" and opt.epsilon == 1e-7
 
 
 @pytest.mark.parametrize("name", ["vgg16", "resnet50", "mobilenetv2", "vgg_small",
@@ -151,32 +180,38 @@ def test_models_build_with_small_inputs_and_emit_logits(name):
 
 # ------------------------------------------------------------------ quick runs
 def test_quick_mlp_on_digits_cli(tmp_path):
-    """The script end to end, as a command (2 epochs, 2 optimizers)."""
+    """End to end, as the installed command run from a scratch directory
+    (2 epochs, 2 optimizers)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    exe = os.path.join(os.path.dirname(sys.executable), "expectigrad-train-image")
+    assert os.path.exists(exe), f"expectigrad-train-image is not installed next to {sys.executable}"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, "train_image.py"), "--task", "mnist",
-         "--model", "mlp", "--mlp-hidden", "256", "--optimizer", "expectigrad,adam", "--quick",
-         "--quiet",
-         "--out-dir", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [exe, "--task", "mnist", "--model", "mlp", "--mlp-hidden", "256",
+         "--optimizer", "expectigrad,adam", "--quick", "--quiet", "--out-dir", str(out)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OFFLINE scikit-learn handwritten digits" in proc.stdout
-    summary = json.loads((tmp_path / "digits_mlp_summary.json").read_text())
+    summary = json.loads((out / "digits_mlp_summary.json").read_text())
     assert summary["data_source"] == "sklearn-digits" and summary["epochs"] == 2
     assert [r["optimizer"] for r in summary["results"]] == ["expectigrad", "adam"]
+    assert summary["command"].startswith("expectigrad-train-image --task mnist")
+    assert sorted(os.listdir(cwd)) == []  # everything went to --out-dir
     for r in summary["results"]:
         assert r["finite"] and r["epochs"] == 2 and r["parameters"] == 85_002
-        rows = _check_training_csv(tmp_path / r["csv"], 2)
+        rows = _check_training_csv(out / r["csv"], 2)
         assert float(rows[-1]["loss"]) < float(rows[0]["loss"])  # it learns
-    _check_png(tmp_path / "digits_mlp.png")
+    _check_png(out / "digits_mlp.png")
     # identical seeds: the same initial weights, so the first minibatch losses
     # agree and the first-epoch losses are close
-    l0 = [float(_read_csv(tmp_path / r["csv"])[0]["loss"]) for r in summary["results"]]
+    l0 = [float(_read_csv(out / r["csv"])[0]["loss"]) for r in summary["results"]]
     assert abs(l0[0] - l0[1]) < 0.2 * l0[0]
     # --replot redraws the figure from the saved CSVs
-    os.remove(tmp_path / "digits_mlp.png")
-    train_image.main(["--replot", str(tmp_path / "digits_mlp_summary.json")], log=lambda *_: None)
-    _check_png(tmp_path / "digits_mlp.png")
+    os.remove(out / "digits_mlp.png")
+    train_image.main(["--replot", str(out / "digits_mlp_summary.json")], log=lambda *_: None)
+    _check_png(out / "digits_mlp.png")
 
 
 def test_quick_cnn_on_generated_images(tmp_path):

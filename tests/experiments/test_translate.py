@@ -1,20 +1,17 @@
-"""Tests of scripts/translate.py and scripts/translation/ (tiny models, a few steps each)."""
+"""Tests of the translation trainer, expectigrad_experiments.translate (tiny
+models, a few steps each)."""
 
 import json
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
-
-import translate  # noqa: E402
-from translation import data as data_lib  # noqa: E402
-from translation import decoding, models, optim, synthetic  # noqa: E402
+from expectigrad_experiments import optimizers as optim
+from expectigrad_experiments.translate import data as data_lib
+from expectigrad_experiments.translate import decoding, models, synthetic
+from expectigrad_experiments.translate import trainer as translate
 
 TINY = "layers=1,d_model=32,heads=2,ff=64,batch_size=256,vocab_size=300,max_len=48,max_decode_len=24"
 SMALL_DATA = ["--synthetic-train-size", "400", "--synthetic-eval-size", "12"]
@@ -196,6 +193,12 @@ def test_end_to_end_interrupt_and_resume_restores_optimizer_state(tmp_path):
     assert [r["step"] for r in records] == [2, 4, 6]
     for rec in records:
         _check_record(rec)
+    # eval.json / config.json: indent 1, a final newline, no temporary file left
+    assert (out / "eval.json").read_text() == json.dumps(records, indent=1) + "\n"
+    config = json.loads((out / "config.json").read_text())
+    assert (out / "config.json").read_text() == json.dumps(config, indent=1) + "\n"
+    assert config["args"]["optimizer"] == "expectigrad" and config["args"]["train_steps"] == 6
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
     with open(out / "decodes" / "step_6.txt") as f:
         assert len(f.read().splitlines()) == 12
     assert os.listdir(out / "tb")
@@ -324,3 +327,26 @@ def test_changed_model_shape_in_same_output_dir_is_refused(tmp_path):
     translate.run(_argv(tmp_path, *SMALL_DATA, "--no-eval", steps=1, every=1))
     with pytest.raises(SystemExit, match="d_model"):
         translate.run(_argv(tmp_path, *SMALL_DATA, steps=2, hparams=TINY.replace("d_model=32", "d_model=64")))
+
+
+# ----------------------------------------------------------------- plot
+def test_plot_collects_runs(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from expectigrad_experiments.translate import plot
+
+    runs = []
+    for opt, scale in (("expectigrad", 1.0), ("adam", 0.5)):
+        run = tmp_path / f"run_{opt}"
+        run.mkdir()
+        records = [{"step": s, "bleu_cased": 10.0 * scale * s, "bleu_uncased": 11.0 * scale * s,
+                    "loss": 3.0 / s, "optimizer": opt} for s in (1, 2)]
+        (run / "eval.json").write_text(json.dumps(records, indent=1) + "\n")
+        runs.append(str(run))
+    png = tmp_path / "fig" / "bleu.png"
+    assert plot.main(runs + ["--out", str(png), "--copy-json", str(tmp_path / "copied"),
+                             "--prefix", "t_"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(tmp_path / "copied")) == ["t_adam_eval.json", "t_expectigrad_eval.json"]
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| step | expectigrad | adam |"
+    assert table[-1] == "| 2 | 20.00 / 22.00 / 1.500 | 10.00 / 11.00 / 1.500 |"

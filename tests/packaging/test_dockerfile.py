@@ -14,8 +14,11 @@ dockerfile_parse = pytest.importorskip(
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
 DOCKERIGNORE = os.path.join(ROOT, ".dockerignore")
-# The install command the README shows, character for character.
+# The install command the README shows, character for character, plus the
+# experiments' extra (the default command is one of them).
 INSTALL = "pip install --no-build-isolation ."
+INSTALL_EXTRA = 'pip install --no-build-isolation ".[experiments]"'
+COMMAND = "expectigrad-demo"
 TF_PIN = "tensorflow[and-cuda]==2.21.*"
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.I)
 
@@ -130,9 +133,11 @@ def _runs(parsed):
 
 def test_install_commands_match_the_readme(parsed):
     runs = _runs(parsed)
-    installs = [r for r in runs if re.search(re.escape(INSTALL) + r"(\s|$)", r)]
-    assert len(installs) == 1, f"expected `{INSTALL}` in one RUN, got {runs}"
+    installs = [r for r in runs if re.search(re.escape(INSTALL_EXTRA) + r"(\s|$)", r)]
+    assert len(installs) == 1, f"expected `{INSTALL_EXTRA}` in one RUN, got {runs}"
     assert "EXPECTIGRAD_CUDA=1" in installs[0], "the image must build the CUDA kernels"
+    assert not any(re.search(r"pip install .*(-e|--editable)\b", r) for r in runs), \
+        "a regular install: the runtime stage has only the venv, no sources"
     tf_runs = [r for r in runs if TF_PIN in r]
     assert tf_runs, f"TensorFlow must be pinned as {TF_PIN}"
     assert runs.index(tf_runs[0]) < runs.index(installs[0]), "TensorFlow before the op"
@@ -141,20 +146,36 @@ def test_install_commands_match_the_readme(parsed):
         text = open(readme, encoding="utf-8").read()
         if "--no-build-isolation" in text:
             assert INSTALL in text, "README's install command differs from the image's"
+            assert INSTALL_EXTRA in text, "README does not show the experiments' install"
 
 
-def test_cmd_runs_the_demo(stages):
+def test_experiments_extra_is_declared():
+    """The extra the image installs exists in setup.py, with the demo's
+    scikit-learn (a missing extra is only a pip warning, not an error)."""
+    text = open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read()
+    m = re.search(r'"experiments"\s*:\s*\[([^\]]*)\]', text)
+    assert m, "setup.py declares no 'experiments' extra"
+    assert "scikit-learn" in m.group(1)
+
+
+def test_cmd_runs_the_demo_command(stages):
     cmds = [i["value"] for i in stages[-1][1] if i["instruction"] == "CMD"]
     assert len(cmds) == 1
     argv = json.loads(cmds[0])  # exec form
-    assert os.path.basename(argv[0]).startswith("python")
-    assert argv[1:] == ["scripts/demo.py"]
+    assert argv == [COMMAND]
+    # The command comes from the install, not from copied sources.
     copies = [i["value"] for i in stages[-1][1] if i["instruction"] == "COPY"]
-    assert any(c.split()[0].rstrip("/") == "scripts" for c in copies), "scripts/ copied"
+    assert copies and all(c.startswith("--from=") for c in copies), copies
+    # The build stage checks that the installed command runs.
+    build_runs = [_normalise(i["value"]) for i in stages[0][1] if i["instruction"] == "RUN"]
+    assert any(f"{COMMAND} --help" in r for r in build_runs)
 
 
 def test_dockerignore_keeps_sources_and_drops_builds():
     lines = {ln.strip() for ln in open(DOCKERIGNORE) if ln.strip() and not ln.startswith("#")}
     assert {".git", "**/*.so", "build"} <= lines
-    for needed in ("csrc", "setup.py", "expectigrad_tf", "scripts", "README.md", "*", "**"):
+    for needed in ("csrc", "setup.py", "expectigrad_tf", "expectigrad_experiments", "README.md",
+                   "*", "**"):
         assert needed not in lines, f".dockerignore drops {needed}"
+    # Not needed by the image: the GPU tools (and scripts/, which held them).
+    assert {"tools", "scripts"} <= lines

@@ -1,22 +1,16 @@
-"""Tests for scripts/baselines.py: Yogi against a NumPy reference written from
-Zaheer et al. (2018), Algorithm 2, and the make_optimizer factory."""
-
-import os
-import sys
+"""Tests of expectigrad_experiments.optimizers: Yogi against a NumPy reference
+written from Zaheer et al. (2018), Algorithm 2, the make_optimizer factory
+and the translation trainer's optimizers and schedule."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
-if SCRIPTS not in sys.path:
-    sys.path.append(SCRIPTS)
-
-import baselines  # noqa: E402
-from baselines import AMSGradMaxCorrected, Yogi, make_optimizer  # noqa: E402
-
-from expectigrad_tf import Expectigrad  # noqa: E402
+from expectigrad_experiments import optimizers
+from expectigrad_experiments.optimizers import (AMSGradMaxCorrected, WarmupRsqrt, Yogi,
+                                                make_optimizer, make_translation_optimizer)
+from expectigrad_tf import Expectigrad
 
 # Learning rates exactly representable in float32: Keras keeps the learning
 # rate in a float32 variable, so 1e-3 would differ from the float64 reference
@@ -177,12 +171,15 @@ EXPECTED_TYPES = {
     "yogi": Yogi,
     "sgd": keras.optimizers.SGD,
     "amsgrad_max_corrected": AMSGradMaxCorrected,
+    "adagrad": keras.optimizers.Adagrad,
+    "adafactor": keras.optimizers.Adafactor,
 }
 
 
 def test_factory_covers_all_names():
-    assert set(baselines.OPTIMIZER_NAMES) == set(EXPECTED_TYPES)
-    assert set(baselines.OPTIMIZER_HYPERPARAMETERS) == set(EXPECTED_TYPES)
+    assert set(optimizers.OPTIMIZER_NAMES) == set(EXPECTED_TYPES)
+    assert set(optimizers.OPTIMIZER_HYPERPARAMETERS) == set(EXPECTED_TYPES)
+    assert set(optimizers.TRANSLATION_OPTIMIZERS) <= set(EXPECTED_TYPES)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_TYPES))
@@ -215,6 +212,10 @@ def test_make_optimizer_hyperparameter_mapping():
         0.8, 0.95, 1e-6, False, 0.0)
     s = make_optimizer("sgd", **kw)
     assert s.momentum == 0.0
+    g = make_optimizer("adagrad", **kw)
+    assert g.epsilon == 1e-6
+    f = make_optimizer("adafactor", **kw)
+    assert f.beta_2_decay == keras.optimizers.Adafactor().beta_2_decay  # Keras' defaults
     # Extra keyword arguments reach the constructor.
     assert make_optimizer("expectigrad", fused=False, **kw).fused is False
 
@@ -222,3 +223,25 @@ def test_make_optimizer_hyperparameter_mapping():
 def test_make_optimizer_unknown_name():
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("adamw", 1e-3, 0.9, 0.999, 1e-8)
+
+
+def test_translation_optimizers():
+    kw = dict(beta1=0.8, beta2=0.95, epsilon=1e-6)
+    for name in optimizers.TRANSLATION_OPTIMIZERS:
+        opt = make_translation_optimizer(name, 0.03125, **kw)
+        assert type(opt) is EXPECTED_TYPES[name], name
+        assert float(opt.learning_rate) == pytest.approx(0.03125)
+        assert opt.global_clipnorm is None
+        assert optimizers.describe(name)
+    y = make_translation_optimizer("yogi", 0.01, **kw)
+    assert (y.beta_1, y.beta_2, y.epsilon) == (0.8, 0.95, 1e-6)
+    a = make_translation_optimizer("AMSGrad", 0.01, **kw)
+    assert a.amsgrad and a.beta_1 == 0.8
+    clipped = make_translation_optimizer("adam", 0.01, clip_norm=2.0)
+    assert clipped.global_clipnorm == 2.0
+    sched = make_translation_optimizer("expectigrad", 0.01, schedule="warmup_rsqrt",
+                                       warmup_steps=10)
+    assert isinstance(sched._learning_rate, WarmupRsqrt)
+    assert sched._learning_rate.get_config() == {"lr": 0.01, "warmup_steps": 10}
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_translation_optimizer("rmsprop", 0.01)  # not offered by the trainer
