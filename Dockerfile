@@ -1,8 +1,10 @@
 # GPU image for expectigrad_tf: TensorFlow 2.21 with CUDA, the fused op built
-# with its CUDA kernels, and the demo as the default command.
+# with its CUDA kernels, the experiments (package expectigrad_experiments with
+# its dependencies, the "experiments" extra) and the demo as the default command.
 #
 #   docker build -t expectigrad-tf:gpu .
-#   docker run --rm --gpus all expectigrad-tf:gpu            # runs the demo
+#   docker run --rm --gpus all expectigrad-tf:gpu            # runs expectigrad-demo
+#   docker run --rm --gpus all expectigrad-tf:gpu expectigrad-reddi --quick --out-dir /tmp/reddi
 #   docker run --rm --gpus all expectigrad-tf:gpu \
 #       python -c "import expectigrad_tf; print(expectigrad_tf.fused_status())"
 #
@@ -35,20 +37,23 @@ ENV PATH=/opt/venv/bin:$PATH
 
 # TensorFlow first: the op is compiled against the TensorFlow installed here,
 # hence --no-build-isolation below (the same commands as the README).
-RUN pip install "tensorflow[and-cuda]==2.21.*" "pybind11>=2.10" setuptools wheel numpy \
-        scikit-learn  # the demo (default command) trains on scikit-learn's digits
+RUN pip install "tensorflow[and-cuda]==2.21.*" "pybind11>=2.10" setuptools wheel numpy
 
 WORKDIR /src
 COPY . .
 
 ARG EXPECTIGRAD_CUDA_ARCHS="80;90"
 # EXPECTIGRAD_CUDA=1: fail the build rather than silently skip the GPU kernels.
+# The "experiments" extra: scikit-learn (the demo's digits), matplotlib,
+# tensorflow-datasets and sacrebleu for the expectigrad-* commands. A regular
+# (non-editable) install: the runtime stage has no sources, only the venv.
 RUN EXPECTIGRAD_CUDA=1 EXPECTIGRAD_CUDA_ARCHS="${EXPECTIGRAD_CUDA_ARCHS}" \
-        pip install --no-build-isolation . \
+        pip install --no-build-isolation ".[experiments]" \
     && cd / \
     && python -c "import json, pathlib, expectigrad_tf; \
 info = json.loads((pathlib.Path(expectigrad_tf.__file__).parent / '_build_info.json').read_text()); \
-assert info['cuda'], info; print('expectigrad_tf built:', info)"
+assert info['cuda'], info; print('expectigrad_tf built:', info)" \
+    && expectigrad-demo --help > /dev/null
 
 ########################################################## runtime stage
 FROM nvidia/cuda:12.5.1-base-ubuntu24.04 AS runtime
@@ -64,7 +69,6 @@ COPY --from=build /opt/venv /opt/venv
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin expectigrad
 
 WORKDIR /home/expectigrad
-COPY scripts/ ./scripts/
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -72,4 +76,4 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 USER expectigrad
 
-CMD ["python", "scripts/demo.py"]
+CMD ["expectigrad-demo"]
