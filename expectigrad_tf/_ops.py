@@ -68,12 +68,79 @@ def _load():
     elif not os.path.exists(cuda_lib):
         status["gpu_reason"] = f"{cuda_lib} missing"
     else:
-        try:
-            tf.load_op_library(cuda_lib)
-            status["devices"].append("GPU")
-        except Exception as e:
-            status["gpu_reason"] = f"failed to load {cuda_lib}: {e}"
+        # The library carries CUDA's runtime (static): the driver must support
+        # the CUDA version it was built with, or every launch would fail.
+        driver_reason = cuda_driver_reason(_built_cuda_version(info),
+                                           _driver_cuda_version())
+        if driver_reason is not None:
+            status["gpu_reason"] = driver_reason
+        else:
+            try:
+                tf.load_op_library(cuda_lib)
+                status["devices"].append("GPU")
+            except Exception as e:
+                status["gpu_reason"] = f"failed to load {cuda_lib}: {e}"
     return status
+
+
+# Oldest Linux driver of each CUDA major version (CUDA's minor version
+# compatibility: a driver for X.y runs code built with any X.z).
+MIN_DRIVER_FOR_CUDA = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+NO_DRIVER_REASON = ("no NVIDIA driver (libcuda.so.1 not found): no GPU here, so the GPU "
+                    "kernels are not loaded; the CPU kernels are used")
+
+
+def _parse_cuda_version(text):
+    """(major, minor) from '13.0', 'release 13.0, V13.0.88' or
+    'Build cuda_13.0.r13.0/compiler...'; None when there is none."""
+    import re
+
+    m = re.search(r"(?:cuda_|release |^)(\d+)\.(\d+)", str(text or ""))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _built_cuda_version(info):
+    """The CUDA version the GPU library was built with, from the build info
+    (``cuda_version``; older builds only recorded the nvcc banner)."""
+    return _parse_cuda_version(info.get("cuda_version")) or _parse_cuda_version(
+        info.get("nvcc"))
+
+
+def _driver_cuda_version():
+    """cuDriverGetVersion() (e.g. 12040 for CUDA 12.4), or None without a
+    driver."""
+    import ctypes
+
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+        version = ctypes.c_int(0)
+        if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return version.value or None
+
+
+def cuda_driver_reason(built_with, driver_version):
+    """Why the GPU kernels cannot be used with this driver, or None.
+
+    built_with: (major, minor) CUDA version the library was built with, or
+    None when unknown (then only the driver's presence is checked);
+    driver_version: cuDriverGetVersion's value (1000 * major + 10 * minor),
+    or None when there is no driver. A pure function, for tests.
+    """
+    if driver_version is None:
+        return NO_DRIVER_REASON
+    supports = (driver_version // 1000, driver_version % 1000 // 10)
+    if built_with is None or supports[0] >= built_with[0]:
+        return None
+    major, minor = built_with
+    need = MIN_DRIVER_FOR_CUDA.get(major)
+    need_text = f", which needs an NVIDIA driver >= {need}" if need else ""
+    return (f"the GPU kernels were built with CUDA {major}.{minor}{need_text}; this "
+            f"driver supports CUDA {supports[0]}.{supports[1]}: rebuild with a CUDA "
+            f"{supports[0]} nvcc (EXPECTIGRAD_NVCC=/path/to/cuda-{supports[0]}/bin/nvcc "
+            "python -m expectigrad_tf._build) or upgrade the driver")
 
 
 def _get():
