@@ -169,12 +169,11 @@ def _has_device_array_library():
 
 @pytest.mark.slow
 def test_gpu_check_script_quick(tmp_path):
-    """scripts/gpu_check.py --quick: the kernel against the reference without
-    TensorFlow (needs nvcc and CuPy or PyTorch)."""
+    """python -m tools.gpu_check --quick: the kernel against the reference
+    without TensorFlow (needs nvcc and CuPy or PyTorch)."""
     if not _has_device_array_library():
-        pytest.skip("gpu_check.py needs CuPy or PyTorch")
-    script = os.path.join(ROOT, "scripts", "gpu_check.py")
-    proc = subprocess.run([sys.executable, script, "--quick", "-q", "--out",
+        pytest.skip("tools.gpu_check needs CuPy or PyTorch")
+    proc = subprocess.run([sys.executable, "-m", "tools.gpu_check", "--quick", "-q", "--out",
                            str(tmp_path / "gpu_check.json")],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
