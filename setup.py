@@ -10,8 +10,8 @@ The CUDA kernels are built too when nvcc is found (EXPECTIGRAD_CUDA=0 to
 skip, =1 to require). See expectigrad_tf/_build.py.
 """
 
-import importlib.util
 import os
+import sys
 
 from setuptools import Distribution, find_packages, setup
 from setuptools.command.build_ext import build_ext
@@ -20,14 +20,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _load_builder():
-    # Load _build.py by path (it loads build_config.py beside it the same
-    # way): importing the package would import Keras.
-    spec = importlib.util.spec_from_file_location(
-        "_expectigrad_build", os.path.join(HERE, "expectigrad_tf", "_build.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    # The source tree's expectigrad_tf (setup.py is not installed, so it may
+    # put its own folder first on sys.path).
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    from expectigrad_tf import _build
+
+    return _build
 
 
 class BuildExt(build_ext):

@@ -31,16 +31,7 @@ import os
 import sys
 import tempfile
 
-if __package__:  # python -m expectigrad_tf._build, or imported normally
-    from expectigrad_tf import build_config as bc
-else:  # loaded by path (setup.py): build_config is beside this file
-    import importlib.util
-
-    _spec = importlib.util.spec_from_file_location(
-        "_expectigrad_build_config",
-        os.path.join(os.path.dirname(os.path.abspath(__file__)), "build_config.py"))
-    bc = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(bc)
+from expectigrad_tf import build_config as bc  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = bc.CSRC

@@ -71,7 +71,15 @@ CUDA_EMULATION_HEADER = "cuda/emulation/cuda_emulation.h"
 
 # Headers every artefact depends on (for up-to-date checks).
 COMMON_HEADERS = ["expectigrad_update.h", "expectigrad_multi_tensor.h",
-                  "expectigrad_checks.h", "cuda/expectigrad_cuda.h"]
+                  "expectigrad_checks.h", "cuda/expectigrad_cuda.h",
+                  "tf/kernels/expectigrad_op_kernel.h",
+                  "tf/xla/expectigrad_xla_kernel.h", "tf/xla/expectigrad_ffi.h"]
+
+# Sources that include TensorFlow's XLA headers need two of its third-party
+# include dirs; libraries holding them link libtensorflow_cc (XLA's builder).
+XLA_INCLUDE_DIRS = ["{tf_include}/external/highwayhash",
+                    "{tf_include}/external/farmhash_archive/src"]
+XLA_LINK_ARGS = ["{tf_lib}/libtensorflow_cc.so.2"]
 
 # ------------------------------------------------------------- the artefacts
 # kind: "tf" (a TensorFlow op library, linked with TF's flags) or "pybind11"
@@ -84,28 +92,29 @@ ARTEFACTS = {
     # The op definition and CPU kernels (no CUDA dependency).
     "tf_ops": {
         "kind": "tf", "output": "_expectigrad_ops.so", "cuda": False,
-        "include_dirs": ["{csrc}/tf/kernels"],
+        "include_dirs": ["{csrc}/tf/kernels", "{csrc}/tf/xla"],
         "sources": {
             "tf/ops/expectigrad_ops.cc": {},
             "tf/kernels/expectigrad_op_cpu.cc": {},
-            # XLA, e.g.:
-            # "tf/xla/expectigrad_xla_cpu.cc": {"include_dirs": [
-            #     "{tf_include}/external/highwayhash",
-            #     "{tf_include}/external/farmhash_archive/src"]},
+            # XLA:CPU: the lowering (TF's XLA headers) and its FFI handler.
+            "tf/xla/expectigrad_xla_cpu.cc": {"include_dirs": XLA_INCLUDE_DIRS},
+            "tf/xla/expectigrad_ffi_cpu.cc": {},
         },
-        # e.g. ["{tf_lib}/libtensorflow_cc.so.2"] for the XLA sources
-        "link_args": [],
+        "link_args": XLA_LINK_ARGS,
     },
     # The GPU kernels, a separate library so the CPU one never needs CUDA.
     "tf_ops_cuda": {
         "kind": "tf", "output": "_expectigrad_ops_cuda.so", "cuda": True,
-        "include_dirs": ["{csrc}/tf/kernels"],
+        "include_dirs": ["{csrc}/tf/kernels", "{csrc}/tf/xla"],
         "sources": {
             "tf/kernels/expectigrad_op_gpu.cc": {
                 "defines": ["GOOGLE_CUDA=1"], "include_dirs": ["{cuda_include}"]},
             "cuda/expectigrad_kernel.cu": {},
+            # XLA:GPU: the lowering, registered next to its CUDA FFI handler.
+            "tf/xla/expectigrad_xla_gpu.cc": {"include_dirs": XLA_INCLUDE_DIRS},
+            "tf/xla/expectigrad_ffi_cuda.cc": {},
         },
-        "link_args": [],
+        "link_args": XLA_LINK_ARGS,
     },
     # pybind11 harnesses (test tools, not installed): tools/build_harness.py.
     "harness": {

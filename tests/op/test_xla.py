@@ -161,3 +161,16 @@ def test_same_variable_twice_is_rejected_inside_xla():
 
     with pytest.raises(tf.errors.InvalidArgumentError, match="more than once"):
         f()
+
+
+def test_gpu_library_with_its_xla_lowering_loads_without_a_gpu():
+    """The CUDA library (GPU kernels, XLA:GPU lowering, CUDA custom-call
+    handler) links and loads, so its registrations resolve, on a machine
+    without a GPU (built whenever nvcc is found, as on CI)."""
+    import os
+
+    info = _ops.fused_status()["build_info"] or {}
+    if not info.get("cuda"):
+        pytest.skip("built without nvcc: no GPU library to load")
+    lib = os.path.join(os.path.dirname(_ops.__file__), _ops.CUDA_LIB)
+    assert tf.load_op_library(lib) is not None
