@@ -174,3 +174,25 @@ def test_gpu_library_with_its_xla_lowering_loads_without_a_gpu():
         pytest.skip("built without nvcc: no GPU library to load")
     lib = os.path.join(os.path.dirname(_ops.__file__), _ops.CUDA_LIB)
     assert tf.load_op_library(lib) is not None
+
+
+def test_many_tensors_are_split_into_several_calls_and_stay_bit_equal():
+    """More tensors than one custom call takes (64): several calls, same
+    result as the op outside XLA."""
+    rng = np.random.default_rng(3)
+    shapes = [(int(rng.integers(1, 50)),) for _ in range(150)]
+    grads = [tf.constant(rng.standard_normal(s), tf.float32) for s in shapes]
+    results = []
+    for jit in (False, True):
+        variables = [tf.Variable(tf.ones(s)) for s in shapes]
+        opt = Expectigrad(0.01)
+        opt.build(variables)
+        fn = tf.function(lambda gs: opt.apply(gs, variables), jit_compile=jit)
+        for _ in range(2):
+            fn(grads)
+        results.append([v.numpy() for v in variables + list(opt.variables)])
+        if jit:
+            hlo = fn.experimental_get_compiler_ir(grads)(stage="hlo")
+            assert hlo.count('custom_call_target="expectigrad_apply"') == 3
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

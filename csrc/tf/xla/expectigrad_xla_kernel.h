@@ -5,8 +5,8 @@
 // every variable/slot operand aliased to its output so the update is in place,
 // then assigns the results back to the variables.
 //
-// Custom call operands: var[n], sum[n], count[n_count], momentum[n_mom],
-// grad[n], lr, step. Results: a tuple of var, sum, count, momentum, result k
+// Custom call operands (one call per group of up to 64 tensors): var[n],
+// sum[n], count[n_count], momentum[n_mom], grad[n], lr, step. Results: a tuple of var, sum, count, momentum, result k
 // aliasing operand k. Attributes (the FFI backend config): num_tensors,
 // num_count, num_momentum, and beta/epsilon as the bits of their float64 value
 // (beta_bits, epsilon_bits: exact, whatever the printing precision).
@@ -18,11 +18,13 @@
 #ifndef EXPECTIGRAD_TF_XLA_KERNEL_H_
 #define EXPECTIGRAD_TF_XLA_KERNEL_H_
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "tensorflow/compiler/tf2xla/shape_util.h"
 #include "tensorflow/compiler/tf2xla/type_util.h"
@@ -108,132 +110,122 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
       if (n_count_) tensors[i].push_back({cnt0 + i, "count", i, state_dtype_});
       if (n_mom_) tensors[i].push_back({mom0 + i, "momentum", i, dtype_});
     }
-    std::vector<XlaResource*> seen;
+    absl::flat_hash_set<XlaResource*> seen;
     for (const auto& entries : tensors) {
       for (const Entry& e : entries) {
         XlaResource* resource = nullptr;
         OP_REQUIRES_OK(ctx, ctx->GetResourceInput(e.input, &resource));
-        for (XlaResource* other : seen)
-          OP_REQUIRES(ctx, other != resource,
-                      errors::InvalidArgument(
-                          "ExpectigradApply: the same variable is passed more "
-                          "than once (var, sum, count and momentum must all "
-                          "be distinct variables)"));
-        seen.push_back(resource);
+        OP_REQUIRES(ctx, seen.insert(resource).second,
+                    errors::InvalidArgument(
+                        "ExpectigradApply: the same variable is passed more "
+                        "than once (var, sum, count and momentum must all "
+                        "be distinct variables)"));
       }
     }
 
-    std::vector<xla::XlaOp> state_ops;          // var.., sum.., count.., mom..
-    std::vector<std::pair<int, DataType>> out;  // (input index, dtype) each
-    std::vector<xla::XlaOp> grads;
-    std::vector<xla::Shape> state_shapes, grad_shapes;
-    // by_kind[k]: the k-th entry (var, sum, count?, momentum?) of each tensor.
-    std::vector<std::vector<std::pair<Entry, xla::XlaOp>>> by_kind(4);
+    // Read every live (non-empty) tensor: its variables, in the order var,
+    // sum, count?, momentum?, and its gradient.
+    struct Live {
+      std::vector<std::pair<Entry, xla::XlaOp>> state;
+      xla::XlaOp grad;
+      TensorShape shape;
+    };
+    std::vector<Live> live;
     for (int i = 0; i < n_; ++i) {
-      TensorShape var_shape;
-      for (size_t k = 0; k < tensors[i].size(); ++k) {
-        const Entry& e = tensors[i][k];
-        DataType type;
-        TensorShape shape;
-        OP_REQUIRES_OK(ctx, ctx->GetVariableTypeAndShape(e.input, &type, &shape));
-        OP_REQUIRES(ctx, type == e.dtype,
-                    errors::InvalidArgument(
-                        "ExpectigradApply: ", e.what, "[", i, "] has dtype ",
-                        DataTypeString(type), ", expected ",
-                        DataTypeString(e.dtype)));
-        if (k == 0) var_shape = shape;
-        OP_REQUIRES(ctx, shape == var_shape,
-                    errors::InvalidArgument(
-                        "ExpectigradApply: ", e.what, "[", i, "] has shape ",
-                        shape.DebugString(), " but var[", i, "] has shape ",
-                        var_shape.DebugString()));
-      }
-      const TensorShape gshape = ctx->InputShape(grad0 + i);
-      OP_REQUIRES(ctx, gshape == var_shape,
-                  errors::InvalidArgument(
-                      "ExpectigradApply: grad[", i, "] has shape ",
-                      gshape.DebugString(), " but var[", i, "] has shape ",
-                      var_shape.DebugString()));
-      if (var_shape.num_elements() == 0) continue;  // nothing to update
-      for (size_t k = 0; k < tensors[i].size(); ++k) {
-        const Entry& e = tensors[i][k];
-        TensorShape shape;
+      const TensorShape shape = ctx->InputShape(grad0 + i);
+      if (shape.num_elements() == 0) continue;  // nothing to update
+      Live t;
+      t.shape = shape;
+      for (const Entry& e : tensors[i]) {
+        TensorShape unused;
         xla::XlaOp value;
-        OP_REQUIRES_OK(ctx, ctx->ReadVariableInput(e.input, e.dtype, &shape, &value));
-        by_kind[k].push_back({e, value});
+        OP_REQUIRES_OK(ctx, ctx->ReadVariableInput(e.input, e.dtype, &unused, &value));
+        t.state.push_back({e, value});
       }
-      grads.push_back(ctx->Input(grad0 + i));
+      t.grad = ctx->Input(grad0 + i);
+      live.push_back(std::move(t));
     }
-    const int live = static_cast<int>(grads.size());
-    if (live == 0) return;
+    // One custom call per group of at most kTensorsPerCall tensors: XLA's
+    // compile time grows faster than linearly with the operands of one
+    // instruction (its in-place fusion checks), so a model with thousands of
+    // variables would otherwise take minutes to compile.
+    for (size_t first = 0; first < live.size(); first += kTensorsPerCall) {
+      const size_t last = std::min(live.size(), first + kTensorsPerCall);
+      OP_REQUIRES_OK(ctx, EmitCall(ctx, live, first, last, lr_in, step_in,
+                                   beta, epsilon));
+    }
+  }
 
-    for (int kind = 0; kind < 4; ++kind) {
-      for (const auto& [entry, value] : by_kind[kind]) {
-        state_ops.push_back(value);
-        out.push_back({entry.input, entry.dtype});
-      }
-    }
-    // Shapes with the default (row-major) layout: the handlers walk every
-    // buffer as one flat array, so all of them must share one layout.
-    auto shape_of = [ctx](DataType type, const TensorShape& shape,
-                          xla::Shape* out_shape) -> absl::Status {
+ private:
+  static constexpr size_t kTensorsPerCall = 64;
+
+  template <typename LiveT>
+  absl::Status EmitCall(XlaOpKernelContext* ctx, const std::vector<LiveT>& live,
+                        size_t first, size_t last, int lr_in, int step_in,
+                        double beta, double epsilon) const {
+    const int count = static_cast<int>(last - first);
+    auto shape_of = [](DataType type, const TensorShape& shape,
+                       xla::Shape* out) -> absl::Status {
       xla::PrimitiveType ptype;
       TF_RETURN_IF_ERROR(DataTypeToPrimitiveType(type, &ptype));
-      *out_shape = xla::ShapeUtil::MakeShapeWithDescendingLayout(
-          ptype, shape.dim_sizes());
+      // The default (row-major) layout: the handlers walk every buffer as
+      // one flat array, so all of them must share one layout.
+      *out = xla::ShapeUtil::MakeShapeWithDescendingLayout(ptype,
+                                                           shape.dim_sizes());
       return absl::OkStatus();
     };
-    std::vector<xla::XlaOp> operands = state_ops;
-    operands.insert(operands.end(), grads.begin(), grads.end());
-    operands.push_back(ctx->Input(lr_in));
-    operands.push_back(ctx->Input(step_in));
-    std::vector<xla::Shape> operand_shapes;
-    for (size_t k = 0; k < state_ops.size(); ++k) {
-      TensorShape shape;
-      DataType type;
-      OP_REQUIRES_OK(ctx, ctx->GetVariableTypeAndShape(out[k].first, &type, &shape));
-      xla::Shape s;
-      OP_REQUIRES_OK(ctx, shape_of(out[k].second, shape, &s));
-      operand_shapes.push_back(s);
+    // Operands: var.., sum.., count.., momentum.. (kind-major), grad.., lr,
+    // step. Results: the state operands, result k aliasing operand k.
+    std::vector<xla::XlaOp> operands;
+    std::vector<xla::Shape> shapes;
+    std::vector<std::pair<int, DataType>> assign;  // (input, dtype) per result
+    const size_t kinds = live[first].state.size();
+    for (size_t kind = 0; kind < kinds; ++kind) {
+      for (size_t t = first; t < last; ++t) {
+        const auto& [entry, value] = live[t].state[kind];
+        xla::Shape s;
+        TF_RETURN_IF_ERROR(shape_of(entry.dtype, live[t].shape, &s));
+        operands.push_back(value);
+        shapes.push_back(s);
+        assign.push_back({entry.input, entry.dtype});
+      }
     }
-    const std::vector<xla::Shape> result_shapes = operand_shapes;
-    for (int i = 0, g = 0; i < n_; ++i) {
-      const TensorShape gshape = ctx->InputShape(grad0 + i);
-      if (gshape.num_elements() == 0) continue;
+    const std::vector<xla::Shape> result_shapes = shapes;
+    for (size_t t = first; t < last; ++t) {
       xla::Shape s;
-      OP_REQUIRES_OK(ctx, shape_of(dtype_, gshape, &s));
-      operand_shapes.push_back(s);
-      ++g;
+      TF_RETURN_IF_ERROR(shape_of(dtype_, live[t].shape, &s));
+      operands.push_back(live[t].grad);
+      shapes.push_back(s);
     }
     for (int k : {lr_in, step_in}) {
       xla::Shape s;
-      OP_REQUIRES_OK(ctx, shape_of(ctx->input_type(k), TensorShape({}), &s));
-      operand_shapes.push_back(s);
+      TF_RETURN_IF_ERROR(shape_of(ctx->input_type(k), TensorShape({}), &s));
+      operands.push_back(ctx->Input(k));
+      shapes.push_back(s);
     }
     std::vector<std::pair<xla::ShapeIndex, std::pair<int64_t, xla::ShapeIndex>>>
         aliasing;
     for (size_t k = 0; k < result_shapes.size(); ++k)
       aliasing.push_back({xla::ShapeIndex{static_cast<int64_t>(k)},
                           {static_cast<int64_t>(k), xla::ShapeIndex{}}});
-
     const std::string config = absl::StrCat(
-        "{num_tensors = ", live, " : i64, num_count = ", n_count_ ? live : 0,
-        " : i64, num_momentum = ", n_mom_ ? live : 0,
+        "{num_tensors = ", count, " : i64, num_count = ", n_count_ ? count : 0,
+        " : i64, num_momentum = ", n_mom_ ? count : 0,
         " : i64, beta_bits = ", DoubleBits(beta),
         " : i64, epsilon_bits = ", DoubleBits(epsilon), " : i64}");
     xla::XlaOp call = xla::CustomCallWithLayout(
         ctx->builder(), kCustomCallTarget, operands,
-        xla::ShapeUtil::MakeTupleShape(result_shapes), operand_shapes, config,
+        xla::ShapeUtil::MakeTupleShape(result_shapes), shapes, config,
         /*has_side_effect=*/false, aliasing, /*literal=*/nullptr,
         xla::CustomCallSchedule::SCHEDULE_NONE,
         xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
-    for (size_t k = 0; k < out.size(); ++k) {
-      OP_REQUIRES_OK(ctx, ctx->AssignVariable(out[k].first, out[k].second,
-                                              xla::GetTupleElement(call, k)));
+    for (size_t k = 0; k < assign.size(); ++k) {
+      TF_RETURN_IF_ERROR(ctx->AssignVariable(assign[k].first, assign[k].second,
+                                             xla::GetTupleElement(call, k)));
     }
+    return absl::OkStatus();
   }
 
- private:
   int n_ = 0, n_count_ = 0, n_mom_ = 0;
   DataType dtype_ = DT_FLOAT, state_dtype_ = DT_FLOAT;
 };
