@@ -1,7 +1,7 @@
 """How each benchmarked optimizer / code path is set up and timed.
 
-``STEP_METHODS`` names the optimizer-step methods (Expectigrad fused,
-composite and composite under XLA; keras Adam with and without XLA; TF's
+``STEP_METHODS`` names the optimizer-step methods (Expectigrad fused, fused
+under XLA (its custom call), composite and composite under XLA; keras Adam with and without XLA; TF's
 ``ResourceApplyAdam`` kernel as the anchor; ``ResourceApplyGradientDescent``
 as a memory-streaming reference) and ``ELEMENTS_MOVED`` their minimum memory
 traffic. ``StepBench`` builds one method's variables, optimizer state and
@@ -22,7 +22,8 @@ __all__ = ["STEP_METHODS", "ELEMENTS_MOVED", "StepBench", "model_optimizers", "S
 STEP_METHODS = {
     "expectigrad_fused": ("expectigrad", "Expectigrad, fused multi-tensor op", False, "fused"),
     "expectigrad_composite": ("expectigrad", "Expectigrad(fused=False), keras.ops, no XLA", False, "composite"),
-    "expectigrad_composite_xla": ("expectigrad", "Expectigrad, composite ops under jit_compile=True", True, "composite-xla"),
+    "expectigrad_xla": ("expectigrad", "Expectigrad, fused op as XLA custom calls under jit_compile=True", True, "fused"),
+    "expectigrad_composite_xla": ("expectigrad", "Expectigrad(fused=False), composite ops under jit_compile=True", True, "composite-xla"),
     "keras_adam": ("adam", "keras.optimizers.Adam, no XLA", False, None),
     "keras_adam_xla": ("adam", "keras.optimizers.Adam under jit_compile=True", True, None),
     "tf_resource_apply_adam": ("adam", "tf.raw_ops.ResourceApplyAdam, one op per variable", False, None),
@@ -54,7 +55,7 @@ class StepBench:
             from expectigrad_tf import Expectigrad
 
             self.vars = [keras.Variable(v, dtype=dtype, name=f"w{i}") for i, v in enumerate(init)]
-            if method == "expectigrad_fused":
+            if method in ("expectigrad_fused", "expectigrad_xla"):
                 opt = Expectigrad(learning_rate=1e-3, fused=True)
             elif method == "expectigrad_composite":
                 opt = Expectigrad(learning_rate=1e-3, fused=False)

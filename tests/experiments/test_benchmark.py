@@ -102,7 +102,8 @@ def test_step_rows_well_formed(quick_run):
         assert r["bytes_per_element"] == {"expectigrad": 9, "adam": 7, "sgd": 3}[r["family"]] * itemsize
         assert r["inner_steps"] >= 1 and _positive_finite(r["trace_s"])
         # The Expectigrad variants really took the path they are named after.
-        expected = {"expectigrad_fused": "fused", "expectigrad_composite": "composite",
+        expected = {"expectigrad_fused": "fused", "expectigrad_xla": "fused",
+                    "expectigrad_composite": "composite",
                     "expectigrad_composite_xla": "composite-xla"}.get(r["method"])
         assert r["dispatch"] == expected
 
@@ -121,7 +122,7 @@ def test_ratios_and_targets(quick_run):
     for q in data["ratios"]:
         assert _positive_finite(q["ratio"]), q
     targets = data["targets"]
-    assert len(targets) == 6
+    assert len(targets) == 8
     for t in targets:
         assert t["status"] in ("PASS", "MISS"), t
         assert _positive_finite(t["ratio"])

@@ -43,10 +43,12 @@ def _row(method, dtype="float32", label="1x1M", role="single_large", ms=1.0):
 def test_ratios_targets_and_rerender(tmp_path, capsys):
     times = {"expectigrad_fused": 1.0, "tf_resource_apply_adam": 0.9, "expectigrad_composite": 5.0,
              "keras_adam": 3.0, "keras_adam_xla": 1.2, "expectigrad_composite_xla": 1.5,
-             "stream_sgd_reference": 0.5}
+             "expectigrad_xla": 1.1, "stream_sgd_reference": 0.5}
     step = [_row(m, ms=t) for m, t in times.items()]
     step.append(_row("keras_adam", role="many_small", label="8x1K", ms=10.0))
     step.append(_row("expectigrad_fused", role="many_small", label="8x1K", ms=1.0))
+    step.append(_row("keras_adam_xla", role="many_small", label="8x1K", ms=2.0))
+    step.append(_row("expectigrad_xla", role="many_small", label="8x1K", ms=2.5))
     ratios = report.compute_ratios(step)
     by_name = {(q["workload"], q["name"]): q["ratio"] for q in ratios}
     assert by_name[("1x1M", "fused/resource_apply_adam")] == pytest.approx(1.0 / 0.9)
@@ -58,6 +60,9 @@ def test_ratios_targets_and_rerender(tmp_path, capsys):
     assert targets["fused_vs_composite"]["status"] == "PASS"  # 5 >= 3
     assert targets["fused_vs_keras_adam_many_small"]["status"] == "PASS"  # 10 >= 5
     assert targets["composite_xla_vs_keras_adam_xla"]["status"] == "PASS"  # 1.25 <= 1.3
+    assert targets["xla_fused_vs_keras_adam_xla"]["status"] == "PASS"  # 1.1/1.2 <= 1
+    assert targets["xla_fused_vs_keras_adam_xla_many_small"]["status"] == "MISS"  # 1.25 > 1
+    assert by_name[("1x1M", "xla/keras_adam_xla")] == pytest.approx(1.1 / 1.2)
     assert targets["fit_mlp_expectigrad_vs_adam"]["status"] == "SKIP"
 
     meta = {"cpu_model": "test CPU", "logical_cpus": 2, "usable_cpus": 2, "intra_op_threads": 2,
@@ -75,6 +80,7 @@ def test_ratios_targets_and_rerender(tmp_path, capsys):
     text = md.read_text()
     assert text == report.to_markdown(out) + "\n"
     assert "Command: `expectigrad-benchmark --quick`" in text
-    assert text.count("**PASS**") == 4 and text.count("**SKIP**") == 2
+    assert text.count("**PASS**") == 5 and text.count("**MISS**") == 1
+    assert text.count("**SKIP**") == 2
     printed = capsys.readouterr().out
     assert "PASS fused_vs_composite" in printed and f"wrote {md}" in printed
