@@ -35,7 +35,7 @@ stale() {
 if stale; then
   python -m pip install -q --upgrade pip
   python -m pip install -q "tensorflow>=2.16" pybind11 setuptools wheel
-  python -m pip install -q --no-build-isolation ".[test,scripts]"
+  python -m pip install -q --no-build-isolation ".[test,experiments]"
   touch "$stamp"
 fi
 
