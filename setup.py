@@ -11,6 +11,7 @@ skip, =1 to require). See expectigrad_tf/_build.py.
 """
 
 import os
+import shutil
 import sys
 
 from setuptools import Distribution, find_packages, setup
@@ -45,9 +46,14 @@ class BuildExt(build_ext):
                 "(pip install tensorflow; pip install --no-build-isolation .): "
                 f"{e}"
             )
-        out = HERE if (self.inplace or getattr(self, "editable_mode", False)) \
-            else os.path.join(self.build_lib)
-        out = os.path.join(out, "expectigrad_tf")
+        inplace = self.inplace or getattr(self, "editable_mode", False)
+        out = os.path.join(HERE if inplace else self.build_lib, "expectigrad_tf")
+        if not inplace:
+            # Ship the C++/CUDA sources inside the package, so an installed
+            # copy can rebuild the op (python -m expectigrad_tf._build) and
+            # build_config finds them (expectigrad_tf/csrc).
+            shutil.copytree(os.path.join(HERE, "csrc"), os.path.join(out, "csrc"),
+                            dirs_exist_ok=True)
         builder.build(out_dir=out, verbose=True)
 
 

@@ -34,7 +34,20 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CSRC = os.path.join(ROOT, "csrc")
+
+
+def _find_csrc():
+    """The C++/CUDA sources: ``$EXPECTIGRAD_CSRC``, else the source tree's
+    ``csrc/`` (a checkout or an editable install), else the copy that a
+    regular install ships inside the package (``expectigrad_tf/csrc``)."""
+    for d in (os.environ.get("EXPECTIGRAD_CSRC"), os.path.join(ROOT, "csrc"),
+              os.path.join(HERE, "csrc")):
+        if d and os.path.isfile(os.path.join(d, "expectigrad_update.h")):
+            return os.path.abspath(d)
+    return os.path.join(HERE, "csrc")
+
+
+CSRC = _find_csrc()
 
 
 class BuildError(RuntimeError):
