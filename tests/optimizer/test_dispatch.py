@@ -19,7 +19,7 @@ def test_dense_takes_the_fused_op_with_and_without_xla(in_xla, fused):
     assert ("XLA" in reason) == in_xla
 
 
-@pytest.mark.parametrize("in_xla,fused", itertools.product([False, True], [None, True, False]))
+@pytest.mark.parametrize("in_xla,fused", list(itertools.product([False, True], [None, True, False])))
 def test_sparse_always_takes_the_sparse_path(in_xla, fused):
     assert choose_path(sparse=True, in_xla=in_xla, fused=fused, **OK)[0] == SPARSE
 
