@@ -177,7 +177,7 @@ def test_gpu_library_with_its_xla_lowering_loads_without_a_gpu():
 
 
 def test_many_tensors_are_split_into_several_calls_and_stay_bit_equal():
-    """More tensors than one custom call takes (64): several calls, same
+    """More tensors than one custom call takes (40): several calls, same
     result as the op outside XLA."""
     rng = np.random.default_rng(3)
     shapes = [(int(rng.integers(1, 50)),) for _ in range(150)]
@@ -193,6 +193,25 @@ def test_many_tensors_are_split_into_several_calls_and_stay_bit_equal():
         results.append([v.numpy() for v in variables + list(opt.variables)])
         if jit:
             hlo = fn.experimental_get_compiler_ir(grads)(stage="hlo")
-            assert hlo.count('custom_call_target="expectigrad_apply"') == 3
+            assert hlo.count('custom_call_target="expectigrad_apply"') == 4
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_shape_mismatch_hidden_from_shape_inference_is_rejected(jit):
+    """Variables of unknown static shape: graph construction cannot see the
+    mismatch, so the kernel (outside XLA) and the lowering (inside) must."""
+    var = tf.Variable(tf.zeros([3]), shape=tf.TensorShape(None))
+    s = tf.Variable(tf.zeros([2]), shape=tf.TensorShape(None))
+
+    @tf.function(jit_compile=jit)
+    def f():
+        op.expectigrad_apply(var=[var.handle], sum=[s.handle], count=[], momentum=[],
+                             grad=[tf.ones([3])], lr=tf.constant(0.1), beta=tf.constant(0.9),
+                             epsilon=tf.constant(1e-8), step=tf.constant(1, tf.int64))
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"sum\[0\] has shape \[2\] but var\[0\] has shape \[3\]"):
+        f()
+    np.testing.assert_array_equal(var.numpy(), np.zeros(3))
+    np.testing.assert_array_equal(s.numpy(), np.zeros(2))

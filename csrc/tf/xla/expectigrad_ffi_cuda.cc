@@ -2,8 +2,10 @@
 // "CUDA"): the same CUDA launcher as the TF GPU kernel, on XLA's stream, in
 // place on the aliased buffers. lr and step are XLA device buffers: the kernel
 // reads them on the device (no host sync, capturable in a CUDA graph) and
-// changes nothing when they are invalid; the optimizer checks the learning
-// rate before the step.
+// changes nothing when they are invalid. Known gap: inside XLA on a GPU an
+// invalid learning rate is therefore skipped without an error (outside XLA
+// the optimizer checks it before the op; on XLA:CPU this handler's CPU twin
+// rejects it).
 #include "cuda/expectigrad_cuda.h"
 #include "expectigrad_checks.h"
 #include "expectigrad_ffi.h"

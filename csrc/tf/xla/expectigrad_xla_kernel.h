@@ -5,7 +5,7 @@
 // every variable/slot operand aliased to its output so the update is in place,
 // then assigns the results back to the variables.
 //
-// Custom call operands (one call per group of up to 64 tensors): var[n],
+// Custom call operands (one call per group of up to 40 tensors): var[n],
 // sum[n], count[n_count], momentum[n_mom], grad[n], lr, step. Results: a tuple of var, sum, count, momentum, result k
 // aliasing operand k. Attributes (the FFI backend config): num_tensors,
 // num_count, num_momentum, and beta/epsilon as the bits of their float64 value
@@ -132,7 +132,32 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
     };
     std::vector<Live> live;
     for (int i = 0; i < n_; ++i) {
+      // Every entry's dtype and shape against var[i], and grad[i], with the
+      // TF kernel's messages, before anything is read or emitted.
+      TensorShape var_shape;
+      for (size_t k = 0; k < tensors[i].size(); ++k) {
+        const Entry& e = tensors[i][k];
+        DataType type;
+        TensorShape shape;
+        OP_REQUIRES_OK(ctx, ctx->GetVariableTypeAndShape(e.input, &type, &shape));
+        OP_REQUIRES(ctx, type == e.dtype,
+                    errors::InvalidArgument(
+                        "ExpectigradApply: ", e.what, "[", i, "] has dtype ",
+                        DataTypeString(type), ", expected ",
+                        DataTypeString(e.dtype)));
+        if (k == 0) var_shape = shape;
+        OP_REQUIRES(ctx, shape == var_shape,
+                    errors::InvalidArgument(
+                        "ExpectigradApply: ", e.what, "[", i, "] has shape ",
+                        shape.DebugString(), " but var[", i, "] has shape ",
+                        var_shape.DebugString()));
+      }
       const TensorShape shape = ctx->InputShape(grad0 + i);
+      OP_REQUIRES(ctx, shape == var_shape,
+                  errors::InvalidArgument(
+                      "ExpectigradApply: grad[", i, "] has shape ",
+                      shape.DebugString(), " but var[", i, "] has shape ",
+                      var_shape.DebugString()));
       if (shape.num_elements() == 0) continue;  // nothing to update
       Live t;
       t.shape = shape;
@@ -157,7 +182,10 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
   }
 
  private:
-  static constexpr size_t kTensorsPerCall = 64;
+  // 40: the CUDA launcher's tensors per launch (kMaxTensors in
+  // expectigrad_kernel.cu), so a call on XLA:GPU is one kernel launch and
+  // cannot fail half-way; small enough for XLA's compile time (see above).
+  static constexpr size_t kTensorsPerCall = 40;
 
   template <typename LiveT>
   absl::Status EmitCall(XlaOpKernelContext* ctx, const std::vector<LiveT>& live,
