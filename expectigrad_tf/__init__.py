@@ -20,6 +20,11 @@ else:
     from expectigrad_tf._ops import fused_status  # noqa: E402
     from expectigrad_tf.optimizer import Expectigrad  # noqa: E402
 
+    # String identifiers: keras.optimizers.get("expectigrad"),
+    # model.compile(optimizer="expectigrad").
+    _keras.saving.get_custom_objects().update(
+        {"expectigrad": Expectigrad, "Expectigrad": Expectigrad})
+
 __all__ = ["Expectigrad", "fused_status", "__version__"]
 
 

@@ -2,10 +2,9 @@
 path, slot placement.
 
 Composed into ``Expectigrad`` the way Keras composes its backend optimizers
-(``keras.optimizers.Optimizer`` is ``TFOptimizer`` on this backend): only the
-two hooks Keras's TF optimizer exposes for the update are overridden,
-``_backend_update_step`` (checks the learning rate, then defers to Keras:
-all-reduce and merge call) and ``_distributed_tf_update_step`` (groups the
+(``keras.optimizers.Optimizer`` is ``TFOptimizer`` on this backend): ``apply``
+(the runtime checks of a step, which every state change of the step, Keras's
+``iterations`` increment included, depends on) and ``_distributed_tf_update_step`` (groups the
 variables that take the fused op by dtype and device, one op call per group and
 replica; the others take ``update_step``).
 """
@@ -53,23 +52,75 @@ class TFBackend:
         self._record(var, path, reason)
         return path
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # A schedule or callable may produce NaN/inf or a negative value: fail
-        # at this step on every path (inside XLA the fused op's handler checks
-        # it before it writes anything).
-        if not in_xla():
-            lr = tf.convert_to_tensor(learning_rate)
-            lr = tf.debugging.check_numerics(
-                lr, "Expectigrad: the learning rate is not finite (check the schedule)"
-            )
-            with tf.control_dependencies([
-                tf.debugging.assert_greater_equal(
-                    lr, tf.zeros([], lr.dtype),
-                    message="Expectigrad: the learning rate must be >= 0 (check the schedule)",
-                )
-            ]):
-                learning_rate = tf.identity(lr)
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
+    def apply(self, grads, trainable_variables=None):
+        """Runtime checks of a step, then Keras's ``apply``, so that a failed
+        step changes nothing, ``iterations`` included.
+
+        Outside XLA the checks are assertions (learning rate finite and >= 0,
+        dynamic gradient shapes, sparse indices in range) and every op of the
+        step, Keras's ``iterations.assign_add`` included, has them as control
+        dependencies: a failing check raises ``InvalidArgumentError`` before
+        anything is written. Inside XLA assertions compile to no-ops, so the
+        step is gated instead: each state write (slots, variables updated by
+        the composite or sparse path, ``iterations``) writes the old value back
+        when the learning rate is bad; the fused op's custom call raises on it.
+        """
+        if not len(grads) or (trainable_variables is None and not self.built):
+            return super().apply(grads, trainable_variables)
+        variables = (list(trainable_variables) if trainable_variables is not None
+                     else list(self._trainable_variables))
+        lr = tf.convert_to_tensor(self.learning_rate)
+        if in_xla():
+            ok = tf.logical_and(tf.math.is_finite(lr), lr >= tf.zeros([], lr.dtype))
+            before = tf.convert_to_tensor(self._iterations)
+            self._step_ok = ok
+            try:
+                result = super().apply(grads, trainable_variables)
+            finally:
+                self._step_ok = None
+            self._iterations.assign(tf.where(ok, before + 1, before))
+            return result
+        checks = [tf.debugging.Assert(
+            tf.logical_and(tf.math.is_finite(lr), lr >= tf.zeros([], lr.dtype)),
+            ["Expectigrad: the learning rate (learning_rate, lr) must be finite and >= 0 (check the "
+             "schedule or callable), got learning_rate =", lr],
+            name="expectigrad_check_learning_rate",
+        )]
+        for grad, var in zip(grads, variables):
+            checks.extend(self._runtime_gradient_checks(grad, var))
+        if tf.executing_eagerly():
+            return super().apply(grads, trainable_variables)  # the checks have run
+        with tf.control_dependencies(checks):
+            return super().apply(grads, trainable_variables)
+
+    @staticmethod
+    def _runtime_gradient_checks(grad, var):
+        """Assertions for what the static shape check cannot see: a gradient
+        of unknown shape, sparse indices out of range."""
+        if grad is None:
+            return []
+        name = getattr(var, "path", None) or getattr(var, "name", "variable")
+        want = [int(d) for d in var.shape]
+        if isinstance(grad, tf.IndexedSlices):
+            if not want:
+                return []
+            idx = tf.cast(grad.indices, tf.int64)
+            return [tf.debugging.Assert(
+                tf.reduce_all(tf.logical_and(idx >= 0, idx < want[0])),
+                [f"Expectigrad: sparse gradient indices for variable {name!r} must be "
+                 f"in [0, {want[0]}), got indices =", grad.indices],
+                name="expectigrad_check_indices",
+            )]
+        if grad.shape.is_fully_defined():
+            return []  # checked statically
+        got = tf.shape(grad, out_type=tf.int64)
+        padded = tf.concat([got, tf.fill([len(want) + 1], tf.constant(-1, tf.int64))], 0)
+        return [tf.debugging.Assert(
+            tf.reduce_all(tf.equal(padded[: len(want) + 1], tf.constant(want + [-1], tf.int64))),
+            [f"Expectigrad: the gradient for variable {name!r} must have shape "
+             f"{tuple(want)} (no broadcasting), got shape", got],
+            name="expectigrad_check_gradient_shape",
+        )]
 
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
         strategy = type(distribution).__name__
@@ -139,25 +190,34 @@ class TFBackend:
         values = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(indices)[0])
         g = tf.cast(values, state)
         gg = g * g
-        s_rows = tf.gather(s_var.value, indices) + gg
-        s_var.value.scatter_update(tf.IndexedSlices(s_rows, indices))
+        s_old = tf.gather(s_var.value, indices)
+        s_rows = s_old + gg
         if n_var is not None:
-            n_rows = tf.gather(n_var.value, indices) + tf.sign(gg)
-            n_var.value.scatter_update(tf.IndexedSlices(n_rows, indices))
+            n_old = tf.gather(n_var.value, indices)
+            n_rows = n_old + tf.sign(gg)
         else:
             n_rows = step
+        s_var.value.scatter_update(tf.IndexedSlices(self._gate(s_rows, s_old), indices))
+        if n_var is not None:
+            n_var.value.scatter_update(tf.IndexedSlices(self._gate(n_rows, n_old), indices))
         u = g / (eps + tf.sqrt(tf.math.divide_no_nan(s_rows, n_rows)))
         if m_var is not None:
             m = beta * tf.cast(m_var.value, state)
             m_rows = tf.gather(m, indices) + one_minus_beta * u
             m = tf.tensor_scatter_nd_update(m, indices[:, None], m_rows)
-            self.assign(m_var, tf.cast(m, m_var.dtype))
             x = tf.cast(variable, state) - lr_t * m
-            self.assign(variable, tf.cast(x, variable.dtype))
+            self._assign_state(m_var, tf.cast(m, m_var.dtype))
+            self._assign_state(variable, tf.cast(x, variable.dtype))
         else:
-            x_rows = tf.gather(tf.cast(variable, state), indices) - lr_t * u
             var = variable.value if isinstance(variable, keras.Variable) else variable
-            var.scatter_update(tf.IndexedSlices(tf.cast(x_rows, var.dtype), indices))
+            x_old = tf.gather(var, indices)
+            x_rows = tf.cast(tf.cast(x_old, state) - lr_t * u, var.dtype)
+            var.scatter_update(tf.IndexedSlices(self._gate(x_rows, x_old), indices))
+
+    def _gate(self, new, old):
+        """``new``, or ``old`` when a gated step's checks failed (see apply)."""
+        ok = getattr(self, "_step_ok", None)
+        return new if ok is None else tf.where(ok, new, old)
 
     # ------------------------------------------------------------ status
     def _fused_unavailable_reason(self):

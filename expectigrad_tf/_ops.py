@@ -163,15 +163,21 @@ def unavailable_reason():
 
 
 def warn_once_unavailable():
+    """Warns, once per process, that the composite path is used instead of
+    the fused op, naming the reason and the rebuild command."""
     global _warned
-    if not _warned:
+    with _lock:
+        if _warned:
+            return
         _warned = True
-        warnings.warn(
-            "expectigrad_tf: the fused op is unavailable, using the composite "
-            f"(Python ops) path instead: {unavailable_reason()}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    reason = unavailable_reason()
+    hint = "" if "python -m expectigrad_tf._build" in str(reason) else f"; {REBUILD_HINT}"
+    warnings.warn(
+        "expectigrad_tf: the fused op is unavailable, using the composite "
+        f"(Python ops) path instead: {reason}{hint}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def fused_status():

@@ -41,6 +41,35 @@ def _check_number(name, value, low, low_inclusive, high=None):
     return v
 
 
+_F32 = np.finfo(np.float32)
+
+
+def _check_float32(name, value, low_msg):
+    """The state of 16/32-bit variables is float32: ``value`` must stay a
+    normal, finite, nonzero float32 (1e-50 would round to 0, 1e39 to inf)."""
+    v32 = np.float32(value)
+    if not np.isfinite(v32) or abs(float(v32)) < _F32.tiny:
+        raise ValueError(
+            f"Expectigrad: `{name}` must be representable as a normal float32 "
+            f"(the dtype of the state of 16/32-bit variables), got {name}={value!r}, "
+            f"which is {float(v32)!r} in float32; {low_msg}"
+        )
+
+
+def _check_bool(name, value, error):
+    """Exactly a bool (``np.bool_`` accepted), returned as a Python bool, so
+    ``0``/``1`` are rejected and ``get_config()`` stays JSON-serialisable."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise error(f"Expectigrad: `{name}` must be True or False, got {name}={value!r}")
+    return bool(value)
+
+
+# Codes of the layout descriptor saved with the state (see save_own_variables).
+LAYOUT_KEY = "expectigrad_layout"
+_KINDS = {0: "iterations", 1: "learning_rate", 2: "sum", 3: "count", 4: "momentum", 5: "other"}
+_CODES = {v: k for k, v in _KINDS.items()}
+
+
 @keras.saving.register_keras_serializable(package="expectigrad_tf", name="Expectigrad")
 class Expectigrad(_Backend, keras.optimizers.Optimizer):
     """Optimizer that implements the Expectigrad algorithm.
@@ -108,14 +137,19 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
             learning_rate = _check_number("learning_rate", learning_rate, 0.0, False)
         beta = _check_number("beta", beta, 0.0, True, 1.0)
         epsilon = _check_number("epsilon", epsilon, 0.0, False)
-        if not isinstance(sparse_counter, (bool, np.bool_)):
-            raise TypeError(
-                f"Expectigrad: `sparse_counter` must be a bool, got {sparse_counter!r}"
-            )
-        if fused not in (None, True, False):
+        _check_float32("epsilon", epsilon, f"use epsilon >= {float(_F32.tiny)!r}")
+        if beta > 0 and np.float32(beta) >= 1.0:
             raise ValueError(
-                f"Expectigrad: `fused` must be None, True or False, got {fused!r}"
+                f"Expectigrad: `beta` rounds to 1.0 in float32 (the bias correction "
+                f"1 - beta**t would be 0), got beta={beta!r}"
             )
+        sparse_counter = _check_bool("sparse_counter", sparse_counter, TypeError)
+        if fused is not None:
+            if not isinstance(fused, (bool, np.bool_)):
+                raise ValueError(
+                    f"Expectigrad: `fused` must be None, True or False, got fused={fused!r}"
+                )
+            fused = bool(fused)
         super().__init__(
             learning_rate=learning_rate,
             name=name,
@@ -136,6 +170,7 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         self.fused = fused
         self._dispatch_log = {}
         self._dispatch_lock = threading.Lock()
+        self._step_ok = None  # set while a step is gated (see TFBackend.apply)
 
     # ------------------------------------------------------------------ state
     def build(self, var_list):
@@ -179,29 +214,128 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
     def _state_dtype(dtype):
         return _state_dtype(dtype)
 
+    def _layout(self):
+        """One code per optimizer variable, in ``self.variables`` order: what
+        each saved array is (see ``_KINDS``)."""
+        kinds = {id(self._iterations): "iterations"}
+        if isinstance(self._learning_rate, keras.Variable):
+            kinds[id(self._learning_rate)] = "learning_rate"
+        for kind, slots in (("sum", getattr(self, "_sums", [])),
+                            ("count", getattr(self, "_counts", [])),
+                            ("momentum", getattr(self, "_momentums", []))):
+            for slot in slots:
+                if slot is not None:
+                    kinds[id(slot)] = kind
+        return [_CODES[kinds.get(id(v), "other")] for v in self.variables]
+
+    @staticmethod
+    def _describe(codes, shapes, dtypes):
+        return "[" + ", ".join(
+            f"{_KINDS.get(int(c), f'?{int(c)}')} {tuple(sh)} {dt}"
+            for c, sh, dt in zip(codes, shapes, dtypes)
+        ) + "]"
+
+    def save_own_variables(self, store):
+        """Keras's state (one array per variable, by index) plus a layout
+        descriptor (what each array is), checked by ``load_own_variables``."""
+        super().save_own_variables(store)
+        store[LAYOUT_KEY] = np.asarray(self._layout(), np.int32)
+
     def load_own_variables(self, store):
         """Restores state saved by ``save_own_variables`` (``.keras`` /
-        ``.weights.h5``), after checking every entry's shape and dtype, so a
-        mismatched file raises before any optimizer variable is modified."""
+        ``.weights.h5``), after checking the saved layout (which slots, in
+        which order, their shapes and dtypes) against this optimizer's: on any
+        mismatch (including a different number of arrays) it raises
+        ``ValueError`` naming both layouts, and nothing is restored."""
         variables = self.variables
-        if len(store.keys()) == len(variables):
-            problems = []
-            for i, var in enumerate(variables):
-                value = store[str(i)]
-                shape = tuple(getattr(value, "shape", ()))
-                dtype = keras.backend.standardize_dtype(getattr(value, "dtype", type(value)))
-                want_dtype = keras.backend.standardize_dtype(var.dtype)
-                if shape != tuple(var.shape) or (dtype != want_dtype and var.path != self._iterations.path):
-                    problems.append(
-                        f"{var.path}: saved shape {shape} dtype {dtype}, "
-                        f"expected shape {tuple(var.shape)} dtype {want_dtype}"
-                    )
-            if problems:
-                raise ValueError(
-                    f"Expectigrad '{self.name}': the saved optimizer state does not "
-                    "match this optimizer (nothing was restored): " + "; ".join(problems)
+        keys = [k for k in store.keys() if k != LAYOUT_KEY]
+        saved_codes = None
+        if LAYOUT_KEY in list(store.keys()):
+            saved_codes = [int(c) for c in np.asarray(store[LAYOUT_KEY]).reshape(-1)]
+        values = [store[str(i)] for i in range(len(keys)) if str(i) in keys]
+        saved_shapes = [tuple(getattr(v, "shape", ())) for v in values]
+        saved_dtypes = [keras.backend.standardize_dtype(getattr(v, "dtype", type(v)))
+                        for v in values]
+        codes = self._layout()
+        shapes = [tuple(v.shape) for v in variables]
+        dtypes = [keras.backend.standardize_dtype(v.dtype) for v in variables]
+        problems = []
+        if len(values) != len(keys):
+            problems.append(f"unexpected keys {sorted(keys)}")
+        if len(values) != len(variables):
+            problems.append(f"{len(values)} saved arrays, {len(variables)} expected"
+                            + ("" if self.built else " (the optimizer is not built)"))
+        if saved_codes is not None and saved_codes != codes:
+            problems.append("different slots")
+        for i, (var, sh, dt) in enumerate(zip(variables, saved_shapes, saved_dtypes)):
+            # iterations may have been saved as int32 or int64.
+            dtype_ok = dt == dtypes[i] or codes[i] == _CODES["iterations"]
+            if sh != shapes[i] or not dtype_ok:
+                problems.append(
+                    f"{var.path}: saved shape {sh} dtype {dt}, "
+                    f"expected shape {shapes[i]} dtype {dtypes[i]}"
                 )
-        super().load_own_variables(store)
+        if problems:
+            saved_desc = (self._describe(saved_codes, saved_shapes, saved_dtypes)
+                          if saved_codes is not None and len(saved_codes) == len(values)
+                          else "[" + ", ".join(f"{s} {d}" for s, d in zip(saved_shapes, saved_dtypes))
+                          + "] (saved without a layout descriptor)")
+            raise ValueError(
+                f"Expectigrad '{self.name}': the saved optimizer state does not "
+                f"match this optimizer (nothing was restored): {'; '.join(problems)}. "
+                f"Saved layout: {saved_desc}; this optimizer's layout "
+                f"(beta={self.beta}, sparse_counter={self.sparse_counter}): "
+                f"{self._describe(codes, shapes, dtypes)}"
+            )
+        for var, value in zip(variables, values):
+            var.assign(value)
+
+    def apply(self, grads, trainable_variables=None):
+        """Keras's ``apply``, after the checks every path shares: builds the
+        optimizer first (as Keras would), then rejects a gradient whose static
+        shape differs from its variable's (``ValueError``, before anything is
+        changed: the composite ops would otherwise broadcast it). The backend
+        adds the runtime checks (learning rate, dynamic shapes)."""
+        if len(grads) and trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                with keras.name_scope(self.name, caller=self):
+                    self.build(trainable_variables)
+                self.built = True
+        variables = (trainable_variables if trainable_variables is not None
+                     else getattr(self, "_trainable_variables", None))
+        if len(grads) and variables is not None and len(variables) == len(grads):
+            for grad, var in zip(grads, variables):
+                self._check_gradient_shape(grad, var)
+        return super().apply(grads, trainable_variables)
+
+    def _check_gradient_shape(self, grad, var):
+        if grad is None:
+            return
+        want = tuple(var.shape)
+        name = getattr(var, "path", None) or getattr(var, "name", "variable")
+        if self._is_sparse(grad):
+            if grad.values.shape.rank is None:
+                return
+            got = tuple(grad.values.shape)
+            ok = len(got) == len(want) and all(
+                g is None or g == w for g, w in zip(got[1:], want[1:]))
+            what = "sparse gradient values"
+            expected = f"(n, {', '.join(map(str, want[1:]))})" if len(want) > 1 else "(n,)"
+        else:
+            shape = getattr(grad, "shape", None)
+            got = tuple(shape) if shape is not None and getattr(shape, "rank", 0) is not None else None
+            if got is None:
+                return  # unknown rank: the backend checks at run time
+            ok = len(got) == len(want) and all(g is None or g == w for g, w in zip(got, want))
+            what = "gradient"
+            expected = str(want)
+        if not ok:
+            raise ValueError(
+                f"Expectigrad: the {what} for variable {name!r} has shape {got}, "
+                f"expected {expected}: gradients must have the variable's shape "
+                "(no broadcasting)"
+            )
 
     def _slots_for(self, variable):
         i = self._get_variable_index(variable)
@@ -266,6 +400,16 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
             lr = lr / (const(1.0) - ops.power(beta, step))
         return lr, step, beta, const(1.0 - self.beta), const(self.epsilon)
 
+    def _assign_state(self, variable, value):
+        """Assigns a step's new value. While a step is gated (inside XLA,
+        where runtime assertions are no-ops: see ``TFBackend.apply``), a step
+        whose checks failed writes the old value back."""
+        ok = getattr(self, "_step_ok", None)
+        if ok is not None:
+            value = ops.where(ok, ops.cast(value, variable.dtype),
+                              ops.convert_to_tensor(variable))
+        self.assign(variable, value)
+
     def _dense_update(self, gradient, variable, learning_rate):
         s_var, n_var, m_var = self._slots_for(variable)
         state = s_var.dtype
@@ -273,20 +417,21 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         g = ops.cast(gradient, state)
         gg = g * g
         s = s_var + gg
-        self.assign(s_var, s)
         if n_var is not None:
             n = n_var + ops.sign(gg)
-            self.assign(n_var, n)
         else:
             n = step
         u = g / (eps + ops.sqrt(ops.divide_no_nan(s, n)))
         x = ops.cast(variable, state)
+        self._assign_state(s_var, s)
+        if n_var is not None:
+            self._assign_state(n_var, n)
         if m_var is not None:
             m = beta * ops.cast(m_var, state) + one_minus_beta * u
-            self.assign(m_var, ops.cast(m, m_var.dtype))
-            self.assign(variable, ops.cast(x - lr_t * m, variable.dtype))
+            self._assign_state(m_var, ops.cast(m, m_var.dtype))
+            self._assign_state(variable, ops.cast(x - lr_t * m, variable.dtype))
         else:
-            self.assign(variable, ops.cast(x - lr_t * u, variable.dtype))
+            self._assign_state(variable, ops.cast(x - lr_t * u, variable.dtype))
 
 
 if Expectigrad.__doc__ is not None:
