@@ -91,7 +91,19 @@ class TFBackend:
         if tf.executing_eagerly():
             return super().apply(grads, trainable_variables)  # the checks have run
         with tf.control_dependencies(checks):
+            # Give gradients of unknown shape their (checked) static shape
+            # (not with tf.ensure_shape: TF specialises the function on the
+            # input's shape and would fail it before the assertion).
+            grads = [self._with_static_shape(g, v) for g, v in zip(grads, variables)]
             return super().apply(grads, trainable_variables)
+
+    @staticmethod
+    def _with_static_shape(grad, var):
+        if not isinstance(grad, tf.Tensor) or grad.shape.is_fully_defined():
+            return grad
+        grad = tf.identity(grad)
+        grad.set_shape(var.shape)
+        return grad
 
     @staticmethod
     def _runtime_gradient_checks(grad, var):

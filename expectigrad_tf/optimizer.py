@@ -47,7 +47,8 @@ _F32 = np.finfo(np.float32)
 def _check_float32(name, value, low_msg):
     """The state of 16/32-bit variables is float32: ``value`` must stay a
     normal, finite, nonzero float32 (1e-50 would round to 0, 1e39 to inf)."""
-    v32 = np.float32(value)
+    with np.errstate(over="ignore", under="ignore"):
+        v32 = np.float32(value)
     if not np.isfinite(v32) or abs(float(v32)) < _F32.tiny:
         raise ValueError(
             f"Expectigrad: `{name}` must be representable as a normal float32 "
