@@ -46,8 +46,10 @@ class TFBackend:
             gpu_reason=None if "GPU" in status["devices"] else status["gpu_reason"],
             strategy=strategy,
             variable=getattr(var, "name", "variable"),
+            lazy_sparse=self.lazy_sparse,
         )
-        if op_reason is not None and self.fused is None and path != dispatch.SPARSE:
+        if (op_reason is not None and self.fused is None
+                and path not in (dispatch.SPARSE, dispatch.SPARSE_LAZY)):
             _ops.warn_once_unavailable()
         self._record(var, path, reason)
         return path
@@ -63,7 +65,8 @@ class TFBackend:
         anything is written. Inside XLA assertions compile to no-ops, so the
         step is gated instead: each state write (slots, variables updated by
         the composite or sparse path, ``iterations``) writes the old value back
-        when the learning rate is bad; the fused op's custom call raises on it.
+        when the learning rate is bad or a sparse gradient has an index out of
+        range; the fused op's custom call raises on a bad learning rate.
         """
         if not len(grads) or (trainable_variables is None and not self.built):
             return super().apply(grads, trainable_variables)
@@ -72,6 +75,10 @@ class TFBackend:
         lr = tf.convert_to_tensor(self.learning_rate)
         if in_xla():
             ok = tf.logical_and(tf.math.is_finite(lr), lr >= tf.zeros([], lr.dtype))
+            for grad, var in zip(grads, variables):
+                in_range = self._indices_in_range(grad, var)
+                if in_range is not None:
+                    ok = tf.logical_and(ok, in_range)
             before = tf.convert_to_tensor(self._iterations)
             self._step_ok = ok
             try:
@@ -106,7 +113,16 @@ class TFBackend:
         return grad
 
     @staticmethod
-    def _runtime_gradient_checks(grad, var):
+    def _indices_in_range(grad, var):
+        """For a ``tf.IndexedSlices`` gradient: whether all its indices are
+        in [0, rows) (a bool tensor); None for other gradients."""
+        if not isinstance(grad, tf.IndexedSlices) or not var.shape:
+            return None
+        idx = tf.cast(grad.indices, tf.int64)
+        return tf.reduce_all(tf.logical_and(idx >= 0, idx < int(var.shape[0])))
+
+    @classmethod
+    def _runtime_gradient_checks(cls, grad, var):
         """Assertions for what the static shape check cannot see: a gradient
         of unknown shape, sparse indices out of range."""
         if grad is None:
@@ -116,9 +132,8 @@ class TFBackend:
         if isinstance(grad, tf.IndexedSlices):
             if not want:
                 return []
-            idx = tf.cast(grad.indices, tf.int64)
             return [tf.debugging.Assert(
-                tf.reduce_all(tf.logical_and(idx >= 0, idx < want[0])),
+                cls._indices_in_range(grad, var),
                 [f"Expectigrad: sparse gradient indices for variable {name!r} must be "
                  f"in [0, {want[0]}), got indices =", grad.indices],
                 name="expectigrad_check_indices",
@@ -173,13 +188,20 @@ class TFBackend:
                 counts.append(n.value.handle)
             if m is not None:
                 moms.append(m.value.handle)
+        lr = tf.cast(learning_rate, scalar_dtype)
+        ok = getattr(self, "_step_ok", None)
+        if ok is not None:
+            # A gated step (inside XLA) whose checks failed, e.g. a sparse
+            # index out of range: a NaN lr makes the custom call change
+            # nothing (the CPU handler raises, the CUDA handler skips).
+            lr = tf.where(ok, lr, tf.constant(float("nan"), scalar_dtype))
         return _ops.op_module().expectigrad_apply(
             var=[v.handle for v in variables],
             sum=sums,
             count=counts,
             momentum=moms,
             grad=[tf.cast(g, v.dtype) for g, v in zip(grads, variables)],
-            lr=tf.cast(learning_rate, scalar_dtype),
+            lr=lr,
             beta=tf.constant(self.beta, scalar_dtype),
             epsilon=tf.constant(self.epsilon, scalar_dtype),
             step=tf.cast(self.iterations + 1, tf.int64),
@@ -191,9 +213,11 @@ class TFBackend:
         return isinstance(gradient, tf.IndexedSlices)
 
     def _sparse_update(self, gradient, variable, learning_rate):
-        """Rows-only update for tf.IndexedSlices; equal to the dense update of
-        the densified gradient: sum/count change only on the given rows, the
-        momentum decays everywhere."""
+        """Rows-only update for tf.IndexedSlices. Exact (default): equal to
+        the dense update of the densified gradient: sum/count change only on
+        the given rows, the momentum decays everywhere. Lazy
+        (``lazy_sparse=True``): momentum and variable change only on the given
+        rows too (bias correction with the global step)."""
         s_var, n_var, m_var = self._slots_for(variable)
         state = s_var.dtype
         lr_t, step, beta, one_minus_beta, eps = self._scalars(learning_rate, state)
@@ -213,7 +237,16 @@ class TFBackend:
         if n_var is not None:
             n_var.value.scatter_update(tf.IndexedSlices(self._gate(n_rows, n_old), indices))
         u = g / (eps + tf.sqrt(tf.math.divide_no_nan(s_rows, n_rows)))
-        if m_var is not None:
+        var = variable.value if isinstance(variable, keras.Variable) else variable
+        if m_var is not None and self.lazy_sparse:
+            m_old = tf.gather(m_var.value, indices)
+            m_rows = beta * tf.cast(m_old, state) + one_minus_beta * u
+            x_old = tf.gather(var, indices)
+            x_rows = tf.cast(tf.cast(x_old, state) - lr_t * m_rows, var.dtype)
+            m_var.value.scatter_update(
+                tf.IndexedSlices(self._gate(tf.cast(m_rows, m_var.dtype), m_old), indices))
+            var.scatter_update(tf.IndexedSlices(self._gate(x_rows, x_old), indices))
+        elif m_var is not None:
             m = beta * tf.cast(m_var.value, state)
             m_rows = tf.gather(m, indices) + one_minus_beta * u
             m = tf.tensor_scatter_nd_update(m, indices[:, None], m_rows)
@@ -221,7 +254,6 @@ class TFBackend:
             self._assign_state(m_var, tf.cast(m, m_var.dtype))
             self._assign_state(variable, tf.cast(x, variable.dtype))
         else:
-            var = variable.value if isinstance(variable, keras.Variable) else variable
             x_old = tf.gather(var, indices)
             x_rows = tf.cast(tf.cast(x_old, state) - lr_t * u, var.dtype)
             var.scatter_update(tf.IndexedSlices(self._gate(x_rows, x_old), indices))

@@ -14,13 +14,18 @@ Paths:
 - ``composite``: the update written in ``keras.ops`` (any backend).
 - ``composite-xla``: the same composite ops, compiled by XLA, when the fused op
   cannot be used inside XLA.
-- ``sparse``: rows-only composite update for ``tf.IndexedSlices``.
+- ``sparse``: rows-only composite update for ``tf.IndexedSlices`` (exact
+  Algorithm 1: ``sum``/``count`` change on the given rows, the momentum and the
+  variable everywhere when ``beta > 0``).
+- ``sparse-lazy``: ``lazy_sparse=True``: ``sum``, ``count``, momentum and
+  variable change only on the given rows (as LazyAdam does for Adam).
 """
 
 FUSED = "fused"
 COMPOSITE = "composite"
 COMPOSITE_XLA = "composite-xla"
 SPARSE = "sparse"
+SPARSE_LAZY = "sparse-lazy"
 
 FUSED_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -51,6 +56,8 @@ def choose_path(
     gpu_reason=None,
     strategy=None,
     variable="variable",
+    lazy_sparse=False,
+    xla_reason=None,
 ):
     """Returns ``(path, reason)`` for one variable's update.
 
@@ -67,11 +74,18 @@ def choose_path(
             None when there are.
         strategy: the ``tf.distribute`` strategy's class name, or None.
         variable: the variable's name, for error messages.
+        lazy_sparse: the optimizer's ``lazy_sparse`` setting (sparse
+            gradients only).
+        xla_reason: why the op has no XLA lowering (built against a
+            TensorFlow without XLA's FFI headers), None when it has one.
 
     Raises:
         FusedUnavailableError: ``fused=True`` and a dense gradient cannot take
             the fused op (sparse gradients always take the sparse path).
     """
+    if sparse and lazy_sparse:
+        return SPARSE_LAZY, ("gradient is tf.IndexedSlices, lazy_sparse=True: rows-only "
+                             "composite update of sum, count, momentum and variable")
     if sparse:
         return SPARSE, "gradient is tf.IndexedSlices: sparse composite path"
     composite = COMPOSITE_XLA if in_xla else COMPOSITE
@@ -89,6 +103,8 @@ def choose_path(
         reason = f"no GPU kernel: {gpu_reason}"
     elif strategy is not None and strategy not in FUSED_STRATEGIES:
         reason = f"strategy {strategy} is not supported by the fused op"
+    elif in_xla and xla_reason is not None:
+        reason = xla_reason
     if reason is None:
         if in_xla:
             return FUSED, "dense gradient, fused op inside XLA (custom call expectigrad_apply)"

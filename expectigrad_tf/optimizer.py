@@ -18,7 +18,7 @@ else:
     from expectigrad_tf._backend_generic import GenericBackend as _Backend
 
 # Re-exported for callers of the previous layout.
-from expectigrad_tf.dispatch import COMPOSITE, COMPOSITE_XLA, FUSED, SPARSE  # noqa: E402,F401
+from expectigrad_tf.dispatch import COMPOSITE, COMPOSITE_XLA, FUSED, SPARSE, SPARSE_LAZY  # noqa: E402,F401
 
 
 def _state_dtype(dtype):
@@ -107,7 +107,30 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
             is kept.
         fused: None (default): use the fused op where possible; True: require
             it (error at build time if it is unavailable); False: never use it.
+        lazy_sparse: If False (default), a ``tf.IndexedSlices`` gradient gives
+            exactly Algorithm 1's update of the densified gradient (``sum`` and
+            ``count`` change on its rows only, but with ``beta > 0`` the
+            momentum decays and the variable moves on every row). If True,
+            only its rows of ``sum``, ``count``, ``momentum`` and the variable
+            change (as LazyAdam does for Adam), so a step costs O(rows given)
+            instead of O(table). Dense gradients are not affected.
         {{base_optimizer_keyword_args}}
+
+    Lazy sparse updates (``lazy_sparse=True``) differ from Algorithm 1 only
+    for ``tf.IndexedSlices`` gradients with ``beta > 0``. Duplicate indices
+    are summed first; then, with ``t`` the global step (``iterations + 1``),
+    for the given rows ``r`` only::
+
+        s[r] += g[r]**2;  n[r] += sign(g[r]**2)          # as Algorithm 1
+        m[r]  = beta * m[r] + (1 - beta) * g[r] / (epsilon + sqrt(s[r] / n[r]))
+        x[r] -= learning_rate / (1 - beta**t) * m[r]
+
+    Rows not given keep ``m`` and ``x`` unchanged, where Algorithm 1 (whose
+    gradient is 0 there) would decay ``m`` by ``beta`` and move ``x`` by
+    ``-learning_rate / (1 - beta**t) * beta * m``. A row's momentum thus
+    decays once per step the row is given, not once per step, while the bias
+    correction uses the global ``t``. With ``beta == 0`` (no momentum) and for
+    rows given at every step the two are identical.
 
     Slots, per variable, in this order: ``sum``, ``count`` (if
     ``sparse_counter``) and ``momentum`` (if ``beta > 0``). ``sum`` and
@@ -122,6 +145,7 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         epsilon=1e-8,
         sparse_counter=True,
         fused=None,
+        lazy_sparse=False,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -145,6 +169,7 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
                 f"1 - beta**t would be 0), got beta={beta!r}"
             )
         sparse_counter = _check_bool("sparse_counter", sparse_counter, TypeError)
+        lazy_sparse = _check_bool("lazy_sparse", lazy_sparse, TypeError)
         if fused is not None:
             if not isinstance(fused, (bool, np.bool_)):
                 raise ValueError(
@@ -169,6 +194,7 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         self.epsilon = epsilon
         self.sparse_counter = bool(sparse_counter)
         self.fused = fused
+        self.lazy_sparse = lazy_sparse
         self._dispatch_log = {}
         self._dispatch_lock = threading.Lock()
         self._step_ok = None  # set while a step is gated (see TFBackend.apply)
@@ -350,6 +376,7 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
                 "epsilon": self.epsilon,
                 "sparse_counter": self.sparse_counter,
                 "fused": self.fused,
+                "lazy_sparse": self.lazy_sparse,
             }
         )
         return config
@@ -364,8 +391,8 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
     def dispatch_report(self):
         """{variable path: (path, reason)} as decided for the last traced step.
 
-        ``path`` is one of ``"fused"``, ``"composite"``, ``"composite-xla"``
-        and ``"sparse"`` (see ``expectigrad_tf.dispatch``). Decisions are made
+        ``path`` is one of ``"fused"``, ``"composite"``, ``"composite-xla"``,
+        ``"sparse"`` and ``"sparse-lazy"`` (see ``expectigrad_tf.dispatch``). Decisions are made
         when a step is traced (once per ``tf.function`` trace, every step in
         eager mode). Variables that share a name are told apart by their
         index in the optimizer (``"name [#3]"``).

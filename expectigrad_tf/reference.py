@@ -49,6 +49,50 @@ class ExpectigradNumpy:
         return self.x
 
 
+class LazySparseExpectigradNumpy:
+    """Lazy sparse Expectigrad (``lazy_sparse=True``), from its definition:
+    at step ``t`` a gradient given as (row indices, row values) with
+    duplicate indices summed defines the rows ``R`` it touches; Algorithm 1
+    is applied to the rows in ``R`` only, with the global ``t`` in the bias
+    correction (and in ``n_t = t`` without sparse counter); every other row
+    keeps ``x``, ``s``, ``n`` and ``m`` unchanged (its momentum does not
+    decay). Arrays of shape (rows, ...)."""
+
+    def __init__(self, x0, lr=1e-3, beta=0.9, eps=1e-8, sparse_counter=True,
+                 dtype=np.float64):
+        self.dtype = dtype
+        self.x = np.array(x0, dtype=dtype)
+        self.s = np.zeros_like(self.x)
+        self.n = np.zeros_like(self.x)
+        self.m = np.zeros_like(self.x)
+        self.lr, self.beta, self.eps = lr, beta, eps
+        self.sparse_counter = sparse_counter
+        self.t = 0
+
+    def step(self, indices, values, lr=None):
+        lr = self.lr if lr is None else lr
+        indices = np.asarray(indices).reshape(-1)
+        values = np.asarray(values, dtype=self.dtype).reshape((indices.size,) + self.x.shape[1:])
+        self.t += 1
+        for r in sorted(set(indices.tolist())):
+            g = values[indices == r].sum(axis=0)  # duplicates summed
+            self.s[r] = self.s[r] + g * g
+            if self.sparse_counter:
+                self.n[r] = self.n[r] + np.sign(g * g)
+                n = self.n[r]
+            else:
+                n = np.full_like(g, self.t)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.where(n == 0, 0.0, self.s[r] / np.where(n == 0, 1, n))
+            u = g / (self.eps + np.sqrt(ratio))
+            if self.beta > 0:
+                self.m[r] = self.beta * self.m[r] + (1 - self.beta) * u
+                self.x[r] = self.x[r] - lr / (1 - self.beta ** self.t) * self.m[r]
+            else:
+                self.x[r] = self.x[r] - lr * u
+        return self.x
+
+
 def online_gradient(problem, x, t):
     """Deterministic online problems, each a function of (x, t) only.
 

@@ -64,3 +64,11 @@ def test_every_supported_strategy_is_fused():
     for name in dispatch.FUSED_STRATEGIES:
         assert choose_path(sparse=False, in_xla=False, fused=None,
                            **{**OK, "strategy": name})[0] == FUSED
+
+
+@pytest.mark.parametrize("in_xla,fused", list(itertools.product([False, True], [None, True, False])))
+def test_lazy_sparse_takes_the_lazy_path_for_sparse_gradients_only(in_xla, fused):
+    assert choose_path(sparse=True, in_xla=in_xla, fused=fused, lazy_sparse=True,
+                       **OK)[0] == dispatch.SPARSE_LAZY == "sparse-lazy"
+    dense = choose_path(sparse=False, in_xla=in_xla, fused=fused, lazy_sparse=True, **OK)
+    assert dense == choose_path(sparse=False, in_xla=in_xla, fused=fused, **OK)
