@@ -6,16 +6,24 @@
   random 80/20 split (``demo``).
 * ``generate_images``: a deterministic generated set of coloured shapes and
   textures (``train_image``'s CIFAR-10 / ImageNet stand-in).
+* ``read_idx`` / ``find_idx_files`` / ``load_idx_dataset``: MNIST-format
+  data (MNIST, Fashion-MNIST) from a folder holding the four standard IDX
+  files, raw or gzip-compressed, with every header checked.
 
 The translation corpora are in ``expectigrad_experiments.translate.data``.
 """
 
+import gzip
 import math
+import os
+import zlib
 
 import numpy as np
 
 __all__ = ["load_digits", "load_digits_split", "load_digits_shuffled_split",
-           "GENERATED_CLASSES", "generate_images"]
+           "GENERATED_CLASSES", "generate_images", "IDX_FILES", "IDX_IMAGES_MAGIC",
+           "IDX_LABELS_MAGIC", "IdxFormatError", "read_idx", "find_idx_files",
+           "load_idx_dataset"]
 
 
 def load_digits():
@@ -151,3 +159,139 @@ def generate_images(n, size=32, seed=0, num_classes=10):
     for i, cls in enumerate(labels):
         images[i] = np.round(_render(int(cls), rng, size) * 255).astype(np.uint8)
     return images, labels
+
+
+# ------------------------------------------------------------------ IDX (MNIST format)
+# The four files of MNIST / Fashion-MNIST (LeCun et al.'s IDX format): a
+# big-endian header -- two zero bytes, a type code (0x08: unsigned byte), the
+# number of dimensions, then one uint32 size per dimension -- followed by the
+# data, row-major. Images are idx3 (magic 2051 = 0x00000803: count, rows,
+# columns), labels idx1 (magic 2049 = 0x00000801: count).
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
+
+
+class IdxFormatError(ValueError):
+    """An IDX file (or a folder of them) that cannot be used; the message
+    names the file and what is wrong with it."""
+
+
+def _read_bytes(path):
+    if path.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        except EOFError as exc:
+            raise IdxFormatError(f"{path}: truncated gzip file ({exc})") from exc
+        except (OSError, zlib.error) as exc:
+            raise IdxFormatError(f"{path}: not a valid gzip file ({exc})") from exc
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_idx(path, magic=None):
+    """One IDX file of unsigned bytes (``.gz`` is decompressed) as a NumPy
+    uint8 array shaped as its header says.
+
+    Checks, each failure an ``IdxFormatError`` naming ``path``: the file holds
+    a whole header; the magic number is ``magic`` when given (2051 images,
+    2049 labels) or at least of the form 0x0000 08 NN (unsigned bytes, NN
+    dimensions); every dimension is >= 1; the data after the header is
+    exactly the product of the dimensions (a truncated file or trailing bytes
+    are errors)."""
+    buf = _read_bytes(path)
+    if len(buf) < 4:
+        raise IdxFormatError(f"{path}: {len(buf)} bytes, too short for an IDX header "
+                             f"(truncated or not an IDX file)")
+    found = int.from_bytes(buf[:4], "big")
+    if magic is not None and found != magic:
+        kind = {IDX_IMAGES_MAGIC: "images (idx3)", IDX_LABELS_MAGIC: "labels (idx1)"}
+        raise IdxFormatError(
+            f"{path}: magic number {found} (0x{found:08x}), expected {magic} "
+            f"(0x{magic:08x}, {kind.get(magic, 'IDX')}); wrong file or not an IDX file")
+    if buf[0] != 0 or buf[1] != 0 or buf[2] != 0x08 or buf[3] < 1:
+        raise IdxFormatError(f"{path}: magic number {found} (0x{found:08x}) is not an IDX "
+                             f"file of unsigned bytes (0x000008NN)")
+    ndim = buf[3]
+    header = 4 + 4 * ndim
+    if len(buf) < header:
+        raise IdxFormatError(f"{path}: truncated header ({len(buf)} bytes, a {ndim}-d IDX "
+                             f"header has {header})")
+    dims = [int.from_bytes(buf[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    if any(d < 1 for d in dims):
+        raise IdxFormatError(f"{path}: header dimensions {dims} include 0")
+    expected = int(np.prod(dims, dtype=np.int64))
+    have = len(buf) - header
+    if have < expected:
+        raise IdxFormatError(
+            f"{path}: truncated: the header promises {dims} = {expected} bytes of data, the "
+            f"file has {have} ({have / expected:.1%})")
+    if have > expected:
+        raise IdxFormatError(
+            f"{path}: {have - expected} unexpected bytes after the {expected} bytes of data "
+            f"the header {dims} promises")
+    return np.frombuffer(buf, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def find_idx_files(directory):
+    """The four IDX files in ``directory`` as {key: path} (keys of
+    ``IDX_FILES``; each file raw or ``.gz``, the raw one preferred when both
+    exist), or None when the folder holds none of them. ``IdxFormatError``
+    when only some of the four are there (naming the missing ones)."""
+    found, missing = {}, []
+    for key, name in IDX_FILES.items():
+        for candidate in (name, name + ".gz"):
+            path = os.path.join(directory, candidate)
+            if os.path.isfile(path):
+                found[key] = path
+                break
+        else:
+            missing.append(name + "[.gz]")
+    if not found:
+        return None
+    if missing:
+        raise IdxFormatError(f"{directory}: has {len(found)} of the 4 IDX files; missing "
+                             f"{', '.join(missing)}")
+    return found
+
+
+def load_idx_dataset(directory):
+    """MNIST-format data from ``directory`` (see ``find_idx_files``):
+    ((x_train, y_train), (x_test, y_test)), images uint8 (N, rows, cols, 1),
+    labels int32 (N,).
+
+    Besides ``read_idx``'s checks of each file: images have magic 2051 and 3
+    dimensions, labels magic 2049 and 1; each labels file has as many labels
+    as its images file has images; train and test images have the same
+    size. ``IdxFormatError`` names the file(s) and the numbers."""
+    paths = find_idx_files(directory)
+    if paths is None:
+        raise IdxFormatError(f"{directory}: none of the IDX files "
+                             f"{', '.join(n + '[.gz]' for n in IDX_FILES.values())}")
+    out = []
+    for split in ("train", "test"):
+        images = read_idx(paths[f"{split}_images"], IDX_IMAGES_MAGIC)
+        labels = read_idx(paths[f"{split}_labels"], IDX_LABELS_MAGIC)
+        if images.ndim != 3:
+            raise IdxFormatError(f"{paths[split + '_images']}: {images.ndim} dimensions, "
+                                 f"images need 3 (count, rows, columns)")
+        if labels.ndim != 1:
+            raise IdxFormatError(f"{paths[split + '_labels']}: {labels.ndim} dimensions, "
+                                 f"labels need 1")
+        if len(labels) != len(images):
+            raise IdxFormatError(
+                f"{paths[split + '_labels']} has {len(labels)} labels but "
+                f"{paths[split + '_images']} has {len(images)} images")
+        out.append((images[..., None], labels.astype(np.int32)))
+    (x, _), (xt, _) = out
+    if x.shape[1:] != xt.shape[1:]:
+        raise IdxFormatError(
+            f"{paths['train_images']} has {x.shape[1]}x{x.shape[2]} images but "
+            f"{paths['test_images']} has {xt.shape[1]}x{xt.shape[2]}")
+    return out[0], out[1]

@@ -23,7 +23,11 @@ set (evaluated, not a running mean) after 1, 4 and 10 epochs of the digits
 469 steps of 128 images; one digits epoch is 12 steps, so the later points
 show how the picture changes with a larger update budget (``--epochs 39.1``
 gives MNIST's 469 steps, by which time the MLP has fitted the digits and all
-variants are near a loss of 1e-3). Results are
+variants are near a loss of 1e-3). With ``--data-dir`` a folder holding the
+four MNIST-format IDX files (MNIST or Fashion-MNIST, see
+``data.load_idx_dataset``) the study uses its 60,000 training images
+(pixel / 255) instead, and ``--epochs`` counts epochs of that set (``--epochs
+1``: 469 steps, the paper's protocol). Results are
 averaged over ``--seeds`` seeds. For each seed every run starts from the same
 weights and sees the same minibatches. Outputs in --out-dir:
 ``momentum.png``, ``momentum.csv`` (variant, beta, seed, step, epoch, train_loss)
@@ -31,6 +35,8 @@ and ``momentum_summary.json``.
 
     expectigrad-momentum-study --out-dir docs/results/image
     expectigrad-momentum-study --quick --out-dir /tmp/momentum
+    expectigrad-momentum-study --data-dir /usr/share/datasets/fashion-mnist --epochs 1 \
+        --out-dir docs/results/fashion_mnist
 """
 
 import argparse
@@ -58,6 +64,10 @@ LABELS = {
     "outer": "bias-corrected outer (Expectigrad)",
 }
 COLORS = {"inner": "tab:gray", "inner_bc": "tab:blue", "outer": "tab:red"}
+# distinct markers and line styles: at beta = 0 the three variants coincide
+STYLES = {"inner": dict(marker="s", ls=":", mfc="none", ms=7),
+          "inner_bc": dict(marker="^", ls="--", mfc="none", ms=6),
+          "outer": dict(marker="o", ls="-", ms=3.5)}
 DEFAULT_BETAS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975, 0.99)
 MNIST_EPOCH_STEPS = 469  # ceil(60000 / 128)
 
@@ -192,7 +202,11 @@ def parse_args(argv=None):
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..seeds-1 (the paper: 10 runs)")
     p.add_argument("--epochs", default="1,4,10",
-                   help="record the full training loss after these digits epochs")
+                   help="record the full training loss after these epochs (of the digits, "
+                        "or of --data-dir's training set)")
+    p.add_argument("--data-dir", default=None,
+                   help="a folder with the four MNIST-format IDX files (MNIST, Fashion-MNIST); "
+                        "default: scikit-learn's digits")
     p.add_argument("--share-beta0", action=argparse.BooleanOptionalAction, default=True,
                    help="at beta = 0 the three variants are the same update: run it once "
                         "(as 'outer') and report it for all (off with --quick)")
@@ -238,7 +252,7 @@ def plot(out_png, rows, betas, variants, panels, title):
                 hi.append(np.max(vals))
             mean, lo, hi = map(np.asarray, (mean, lo, hi))
             ax.errorbar(betas, mean, yerr=[mean - lo, hi - mean], label=LABELS[variant],
-                        color=COLORS[variant], marker="o", ms=4, lw=1.4, capsize=2)
+                        color=COLORS[variant], lw=1.4, capsize=2, **STYLES[variant])
         ax.axvline(0.9, ls="--", color="k", lw=0.8)
         ax.set_yscale("log")
         ax.set_xlabel(r"momentum constant $\beta$")
@@ -257,13 +271,31 @@ def main(argv=None, log=print):
     os.makedirs(args.out_dir, exist_ok=True)
     import tensorflow as tf
 
-    (x, y), _ = load_digits_split(0)
-    x = x.reshape(len(x), -1)
+    if args.data_dir:
+        from .data import IdxFormatError, load_idx_dataset
+
+        if not os.path.isdir(args.data_dir):
+            raise SystemExit(f"--data-dir {args.data_dir!r}: no such directory")
+        try:
+            (x, y), _ = load_idx_dataset(args.data_dir)
+        except IdxFormatError as exc:
+            raise SystemExit(f"--data-dir {args.data_dir!r}: {exc}") from None
+        x = (x.reshape(len(x), -1) / np.float32(255.0)).astype(np.float32)
+        y = y.astype(np.int32)
+        epoch_name = "epoch"
+        data_desc = f"IDX files in {os.path.abspath(args.data_dir)}, {len(x)} training images"
+        short = os.path.basename(os.path.normpath(args.data_dir))
+    else:
+        (x, y), _ = load_digits_split(0)
+        x = x.reshape(len(x), -1)
+        epoch_name = "digits epoch"
+        data_desc = f"sklearn digits, {len(x)} training images (offline stand-in for MNIST)"
+        short = "sklearn digits (not MNIST)"
     epoch_steps = math.ceil(len(x) / args.batch_size)
     record = sorted({max(1, round(e * epoch_steps)) for e in args.epochs})
-    log(f"data: OFFLINE scikit-learn digits ({len(x)} training images) standing in for MNIST; "
-        f"MLP 2x{args.hidden}; batch {args.batch_size}; recording the full training loss after "
-        f"steps {record} (1 digits epoch = {epoch_steps} steps); seeds {args.seeds}")
+    log(f"data: {data_desc}; MLP 2x{args.hidden}; batch {args.batch_size}; recording the full "
+        f"training loss after steps {record} (1 {epoch_name} = {epoch_steps} steps); "
+        f"seeds {args.seeds}")
     rows = []
     start = time.perf_counter()
     for seed in range(args.seeds):
@@ -302,10 +334,11 @@ def main(argv=None, log=print):
             ratios = {f"{b:g}": mean_loss("inner_bc", b, step) / mean_loss("outer", b, step)
                       for b in args.betas}
             checks[f"inner_bc_over_outer_at_step_{step}"] = ratios
-    panels = [(s, f"after {s / epoch_steps:g} digits epoch(s) = {s} steps"
-               + (" (= 1 MNIST epoch of minibatches)" if s == MNIST_EPOCH_STEPS else ""))
+    panels = [(s, f"after {s / epoch_steps:g} {epoch_name}(s) = {s} steps"
+               + (" (= 1 MNIST epoch of minibatches)"
+                  if s == MNIST_EPOCH_STEPS and not args.data_dir else ""))
               for s in record]
-    title = (f"Momentum in Expectigrad: MLP 2x{args.hidden} on sklearn digits (not MNIST), "
+    title = (f"Momentum in Expectigrad: MLP 2x{args.hidden} on {short}, "
              f"batch {args.batch_size}, mean of {args.seeds} seed(s), bars: min-max")
     png = os.path.join(args.out_dir, "momentum.png")
     plot(png, rows, args.betas, args.variants, panels, title)
@@ -315,10 +348,10 @@ def main(argv=None, log=print):
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "tensorflow": tf.__version__},
-        "data": f"sklearn digits, {len(x)} training images (offline stand-in for MNIST)",
+        "data": data_desc, "n_train": len(x), "epoch_steps": epoch_steps,
         "model": f"MLP 2x{args.hidden} ReLU, logits", "batch_size": args.batch_size,
         "lr": args.lr, "epsilon": args.epsilon, "betas": args.betas, "variants": args.variants,
-        "seeds": args.seeds, "record_steps": record, "digits_epoch_steps": epoch_steps,
+        "seeds": args.seeds, "record_steps": record, "digits_epoch_steps": None if args.data_dir else epoch_steps,
         "share_beta0": args.share_beta0,
         "mean_train_loss": table, "inner_bc_over_outer": checks, "elapsed_s": elapsed,
         "png": "momentum.png", "csv": "momentum.csv",

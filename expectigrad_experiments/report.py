@@ -2,8 +2,8 @@
 
 * ``write_json`` / ``write_csv`` / ``write_dict_csv``: the result files;
 * ``pyplot()``: matplotlib's pyplot on the non-interactive Agg backend;
-* ``LABELS`` / ``COLORS``: one label and one colour per optimizer, for every
-  figure;
+* ``LABELS`` / ``COLORS`` / ``MARKERS`` / ``LINESTYLES``: one label,
+  colour, marker and line style per optimizer, for every figure;
 * ``read_log`` / ``plot_curves``: Keras CSVLogger files and the per-epoch
   training curves of Figures 2-4 (``train_image``);
 * ``save_samples``: a montage of the generated image set (``data``).
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-__all__ = ["LABELS", "COLORS", "pyplot", "write_json", "write_csv", "write_dict_csv",
+__all__ = ["LABELS", "COLORS", "MARKERS", "LINESTYLES", "pyplot", "write_json", "write_csv", "write_dict_csv",
            "read_log", "plot_curves", "save_samples"]
 
 LABELS = {
@@ -28,6 +28,16 @@ COLORS = {
     "adadelta": "tab:green", "amsgrad": "tab:purple", "yogi": "tab:brown",
     "adagrad": "tab:olive", "sgd": "tab:gray", "amsgrad_max_corrected": "tab:pink",
     "adafactor": "tab:cyan",
+}
+# One marker and line style per optimizer, so that lines lying on top of
+# each other stay distinguishable (and readable in grey).
+MARKERS = {
+    "expectigrad": "o", "adam": "s", "rmsprop": "^", "adadelta": "v", "amsgrad": "D",
+    "yogi": "P", "adagrad": "X", "sgd": "*", "amsgrad_max_corrected": "<", "adafactor": ">",
+}
+LINESTYLES = {
+    "expectigrad": "-", "adam": "--", "rmsprop": "-.", "adadelta": ":", "amsgrad": (0, (5, 1)),
+    "yogi": (0, (3, 1, 1, 1, 1, 1)), "adagrad": (0, (1, 2)), "sgd": (0, (8, 2, 2, 2)),
 }
 
 
@@ -90,17 +100,22 @@ def plot_curves(out_png, logs, title, top5=False):
         panels.append((key, "validation error (%s)" % ("top-5" if top5 else "top-1"), False))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6))
     for ax, (key, ylabel, logy) in zip(np.atleast_1d(axes), panels):
-        for name, log in logs.items():
+        for k, (name, log) in enumerate(logs.items()):
             if key not in log:
                 continue
             epochs = log["epoch"] + 1
             y = log[key]
             if logy:
                 y = np.where(y > 0, y, np.nan)
-            ours = name == "expectigrad"  # drawn on top, solid; the others dashed
+            ours = name == "expectigrad"  # drawn on top
+            # about 12 markers per line, staggered between optimizers so that
+            # coinciding lines still show every optimizer's markers
+            every = max(1, len(epochs) // 12)
             ax.plot(epochs, y, label=LABELS.get(name, name), color=COLORS.get(name),
-                    marker="o" if len(epochs) <= 12 else None, ms=3, lw=1.8 if ours else 1.3,
-                    ls="-" if ours else "--", zorder=3 if ours else 2)
+                    marker=MARKERS.get(name, "o"), markevery=(k % every, every),
+                    ms=4 if len(epochs) > 12 else 3.5, mfc="none" if not ours else None,
+                    lw=1.8 if ours else 1.3, ls=LINESTYLES.get(name, "--"),
+                    zorder=3 if ours else 2, alpha=0.95)
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel("epoch")

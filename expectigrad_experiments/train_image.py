@@ -3,6 +3,7 @@
 One script, many tasks::
 
     --task mnist    --model mlp          Figure 2 right: 2x1000 ReLU MLP, 150 epochs
+    --task fashion_mnist --model mlp     the same on Fashion-MNIST (same format as MNIST)
     --task cifar10  --model vgg16        Figure 3: VGG-16 / ResNet-50, 250 epochs
     --task cifar10  --model resnet50
     --task imagenet --model mobilenetv2  Figure 4: MobileNetV2, 300 epochs
@@ -10,14 +11,34 @@ One script, many tasks::
 Several optimizers (``--optimizer expectigrad,adam,...``) run in turn with
 identical seeds: the same initial weights and the same minibatch order.
 
-Data. With ``--data-dir`` holding the prepared TFDS dataset (mnist, cifar10,
-imagenet2012) the data come from ``tfds.load(name, data_dir=..., download=False)``.
-Otherwise (nothing is downloaded) the script uses offline data and says so:
+Data. For ``--task mnist`` / ``fashion_mnist``, ``--data-dir`` may be a
+folder holding the four IDX files of MNIST or Fashion-MNIST
+(``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each raw or ``.gz``;
+e.g. Debian's ``dataset-fashion-mnist`` in /usr/share/datasets/fashion-mnist);
+their headers are checked (``data.load_idx_dataset``) and a truncated or
+wrong file stops the run with a message naming it. With ``--data-dir``
+holding the prepared TFDS dataset (mnist, fashion_mnist, cifar10,
+imagenet2012) the data come from ``tfds.load(name, data_dir=...,
+download=False)``. Otherwise (nothing is downloaded) the script uses offline data and says so:
 scikit-learn's handwritten digits (8x8 grey, 1,797 images, shipped with
 scikit-learn) for ``--task mnist``, and a deterministic generated set of
 coloured shapes and textures (``generate_images``; 10 classes, 32x32x3 by
 default) for ``--task cifar10`` / ``imagenet``. Output files are named after
-the data actually used (``digits_mlp_adam.csv``, ``generated_vgg16.png``, ...).
+the data actually used (``digits_mlp_adam.csv``, ``generated_vgg16.png``,
+``fashion_mnist_mlp_adam.csv``, ...). The log says how many training images
+(and updates per epoch) each run used.
+
+Batch order and resuming. With IDX data the images are held in memory and
+epoch ``e`` visits them in the order
+``numpy.random.default_rng([seed, e]).permutation(n)`` (the last batch may be
+smaller), the same for every optimizer; with ``--checkpoint-dir`` the weights
+and optimizer state are saved after every epoch
+(``<prefix>_<optimizer>.ckpt.npz``), and a rerun of the same command continues
+each optimizer from its last finished epoch (skipping finished optimizers) and
+gives the same result as an uninterrupted run. A checkpoint from another
+configuration (optimizer hyperparameters, model, batch size, seed, data) is
+refused. Other data sources use a seeded ``tf.data`` shuffle and do not resume.
 
 Models. ``mlp`` (Flatten, 2 x Dense(1000, relu), Dense(classes)),
 ``vgg16`` / ``resnet50`` / ``mobilenetv2`` (``keras.applications`` with
@@ -67,9 +88,11 @@ import numpy as np  # noqa: E402
 from .data import GENERATED_CLASSES, generate_images, load_digits_split  # noqa: E402
 from .report import LABELS, plot_curves, read_log, save_samples, write_json  # noqa: E402
 
-TASKS = ("mnist", "cifar10", "imagenet")
+TASKS = ("mnist", "fashion_mnist", "cifar10", "imagenet")
+IDX_TASKS = ("mnist", "fashion_mnist")
 MODELS = ("mlp", "vgg16", "resnet50", "mobilenetv2", "vgg_small", "resnet_small")
-TFDS_NAMES = {"mnist": "mnist", "cifar10": "cifar10", "imagenet": "imagenet2012"}
+TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10",
+              "imagenet": "imagenet2012"}
 
 # --full: the paper's settings (Section 4.2 and Section 6). The paper's
 # Appendix A (batch sizes, augmentation, grid search) is not available to us;
@@ -78,6 +101,8 @@ TFDS_NAMES = {"mnist": "mnist", "cifar10": "cifar10", "imagenet": "imagenet2012"
 FULL_SETTINGS = {
     "mnist": dict(model="mlp", epochs=150, batch_size=128, augment=False,
                   optimizers="expectigrad,rmsprop,adadelta,adam"),
+    "fashion_mnist": dict(model="mlp", epochs=150, batch_size=128, augment=False,
+                          optimizers="expectigrad,rmsprop,adadelta,adam"),
     "cifar10": dict(model="vgg16", epochs=250, batch_size=128, augment=True,
                     optimizers="adagrad,adam,amsgrad,yogi,expectigrad"),
     "imagenet": dict(model="mobilenetv2", epochs=300, batch_size=256, augment=True,
@@ -125,8 +150,11 @@ class Data:
     """Train/test tf.data sources plus what the summary needs."""
 
     def __init__(self, source, tag, train, test, num_classes, image_shape, scale,
-                 n_train=None, n_test=None, cacheable=True):
+                 n_train=None, n_test=None, cacheable=True, arrays=None):
         self.source, self.tag = source, tag
+        # ((x, y), (x_test, y_test)) NumPy arrays for in-memory data that is
+        # ordered per epoch (and can resume); None: the tf.data path.
+        self.arrays = arrays
         self.train, self.test = train, test  # unbatched tf.data.Dataset of (image, label)
         self.num_classes, self.image_shape, self.scale = num_classes, image_shape, scale
         self.n_train, self.n_test, self.cacheable = n_train, n_test, cacheable
@@ -137,6 +165,30 @@ def load_data(args, log=print):
     import tensorflow as tf
 
     name = TFDS_NAMES[args.task]
+    if args.data_source == "idx" and args.data_dir and not os.path.isdir(args.data_dir):
+        raise SystemExit(f"--data-dir {args.data_dir!r}: no such directory")
+    if (args.data_source in ("auto", "idx") and args.data_dir and args.task in IDX_TASKS
+            and os.path.isdir(args.data_dir)):
+        from .data import IdxFormatError, find_idx_files, load_idx_dataset
+
+        try:
+            found = find_idx_files(args.data_dir)
+            if found is not None or args.data_source == "idx":
+                (x, y), (xt, yt) = load_idx_dataset(args.data_dir)
+        except IdxFormatError as exc:
+            raise SystemExit(f"--data-dir {args.data_dir!r}: {exc}") from None
+        if found is not None or args.data_source == "idx":
+            num_classes = int(max(y.max(), yt.max()) + 1)
+            log(f"data: IDX files in {args.data_dir} ({x.shape[1]}x{x.shape[2]} grey, "
+                f"{len(x)} train / {len(xt)} test images, {num_classes} classes)")
+            train = tf.data.Dataset.from_tensor_slices((x, y))
+            test = tf.data.Dataset.from_tensor_slices((xt, yt))
+            return Data(f"idx:{os.path.abspath(args.data_dir)}", args.task, train, test,
+                        num_classes, x.shape[1:], 255.0, n_train=len(x), n_test=len(xt),
+                        arrays=((x, y), (xt, yt)))
+    elif args.data_source == "idx":
+        raise SystemExit(f"--data-source idx needs --data-dir and --task mnist or "
+                         f"fashion_mnist (got --task {args.task}, --data-dir {args.data_dir!r})")
     if args.data_source in ("auto", "tfds") and args.data_dir:
         try:
             import tensorflow_datasets as tfds
@@ -148,7 +200,14 @@ def load_data(args, log=print):
             num_classes = info.features["label"].num_classes
             shape = tuple(info.features["image"].shape)
             log(f"data: TFDS '{name}' from {args.data_dir}")
+            counts = []
+            for split in ("train", "validation" if args.task == "imagenet" else "test"):
+                try:
+                    counts.append(int(info.splits[split].num_examples))
+                except Exception:  # noqa: BLE001 - informative only
+                    counts.append(None)
             return Data(f"tfds:{name}", name, train, test, num_classes, shape, 255.0,
+                        n_train=counts[0], n_test=counts[1],
                         cacheable=args.task != "imagenet")
         except Exception as exc:  # noqa: BLE001 - any failure: fall back or stop
             if args.data_source == "tfds":
@@ -157,6 +216,13 @@ def load_data(args, log=print):
                 f"({type(exc).__name__}); falling back to offline data")
     elif args.data_source == "tfds":
         raise SystemExit("--data-source tfds needs --data-dir")
+    if args.task == "fashion_mnist":
+        raise SystemExit(
+            f"--task fashion_mnist has no offline stand-in: give --data-dir, a folder with the "
+            f"four IDX files (e.g. /usr/share/datasets/fashion-mnist from Debian's "
+            f"dataset-fashion-mnist) or a TFDS data_dir holding fashion_mnist (got --data-dir "
+            f"{args.data_dir!r}" + ("" if not args.data_dir or os.path.isdir(args.data_dir)
+                                    else ", which does not exist") + ")")
 
     if args.task == "mnist":
         (x, y), (xt, yt) = load_digits_split(args.seed_data)
@@ -191,8 +257,16 @@ def input_shape_for(args, data):
     return (size, size, 3)
 
 
-def make_pipelines(args, data, input_shape, seed):
-    """Batched train / test datasets; the train order depends only on ``seed``."""
+def epoch_order(seed, epoch, n):
+    """The order of the ``n`` training images in epoch ``epoch`` (0-based) of
+    in-memory data: the same for every optimizer and for a resumed run."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def make_pipelines(args, data, input_shape, seed, epoch=None):
+    """Batched train / test datasets; the train order depends only on ``seed``
+    (and, for in-memory data with ``epoch`` given, on ``epoch``: one pass in
+    the order ``epoch_order(seed, epoch, n)``)."""
     import tensorflow as tf
 
     is_mlp = args.model == "mlp"
@@ -216,14 +290,21 @@ def make_pipelines(args, data, input_shape, seed):
         image = (image - 0.5) / 0.25
         return image, label
 
-    train = data.train
-    if data.cacheable:
-        train = train.cache()
-    train = train.shuffle(args.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    train = train.map(lambda x, y: prep(x, y, True), num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=True)
-    if args.steps_per_epoch:
-        train = train.repeat()
+    if epoch is not None and data.arrays is not None:
+        (x, y), _ = data.arrays
+        order = epoch_order(seed, epoch, len(x))
+        train = tf.data.Dataset.from_tensor_slices((x[order], y[order]))
+        train = train.map(lambda x, y: prep(x, y, True), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    else:
+        train = data.train
+        if data.cacheable:
+            train = train.cache()
+        train = train.shuffle(args.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        train = train.map(lambda x, y: prep(x, y, True), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+        if args.steps_per_epoch:
+            train = train.repeat()
     train = train.batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
     test = data.test.map(lambda x, y: prep(x, y, False), num_parallel_calls=tf.data.AUTOTUNE)
     if data.cacheable:
@@ -326,21 +407,25 @@ def train_one(args, data, optimizer_name, input_shape, log=print):
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=metrics, jit_compile=args.jit_compile)
-    train, test = make_pipelines(args, data, input_shape, args.seed)
     csv_path = os.path.join(args.out_dir, f"{args.prefix}_{optimizer_name}.csv")
-    callbacks = [_extras_callback(top5), keras.callbacks.CSVLogger(csv_path)]
     log(f"--- {LABELS.get(optimizer_name, optimizer_name)}: lr={hp['lr']:g} beta1={hp['beta1']:g} "
         f"beta2={hp['beta2']:g} epsilon={hp['epsilon']:g}; model {model.name} "
         f"({model.count_params():,} parameters), input {input_shape}")
-    start = time.perf_counter()
-    history = model.fit(
-        train, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        validation_data=None if args.no_validation else test,
-        validation_steps=args.validation_steps if not args.no_validation else None,
-        callbacks=callbacks, shuffle=False,  # the dataset is shuffled (seeded) above
-        verbose=0 if args.quiet else args.verbose)
-    seconds = time.perf_counter() - start
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    if per_epoch_order(args, data):
+        hist, seconds = _fit_per_epoch(args, data, model, optimizer, optimizer_name, hp,
+                                       input_shape, csv_path, top5, log)
+    else:
+        train, test = make_pipelines(args, data, input_shape, args.seed)
+        callbacks = [_extras_callback(top5), keras.callbacks.CSVLogger(csv_path)]
+        start = time.perf_counter()
+        history = model.fit(
+            train, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+            validation_data=None if args.no_validation else test,
+            validation_steps=args.validation_steps if not args.no_validation else None,
+            callbacks=callbacks, shuffle=False,  # the dataset is shuffled (seeded) above
+            verbose=0 if args.quiet else args.verbose)
+        seconds = time.perf_counter() - start
+        hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     final = {k: vals[-1] for k, vals in hist.items() if vals}
     result = {
         "optimizer": optimizer_name,
@@ -349,6 +434,9 @@ def train_one(args, data, optimizer_name, input_shape, log=print):
         "parameters": int(model.count_params()),
         "seconds": seconds,
         "epochs": len(hist.get("loss", [])),
+        "train_images": data.n_train,
+        "updates": updates_per_epoch(args, data) * len(hist.get("loss", []))
+        if updates_per_epoch(args, data) else None,
         "final_train_loss": final.get("loss"),
         "min_train_loss": min(hist["loss"]) if hist.get("loss") else None,
         "final_train_error": final.get("error"),
@@ -368,6 +456,120 @@ def train_one(args, data, optimizer_name, input_shape, log=print):
         + ("" if result["final_val_error"] is None
            else f", val error {result['final_val_error']:.4f}"))
     return result
+
+
+def per_epoch_order(args, data):
+    """True for in-memory data trained one pass per epoch (resumable)."""
+    return data.arrays is not None and not args.steps_per_epoch
+
+
+def updates_per_epoch(args, data):
+    """Minibatches per epoch, or None when unknown (TFDS without --steps-per-epoch)."""
+    if args.steps_per_epoch:
+        return args.steps_per_epoch
+    if data.n_train:
+        return math.ceil(data.n_train / args.batch_size)
+    return None
+
+
+def _run_config(args, data, optimizer_name, hp, input_shape):
+    """What a checkpoint must match to be resumed."""
+    return {"optimizer": optimizer_name, "hyperparameters": hp, "model": args.model,
+            "input_shape": list(input_shape), "mlp_hidden": args.mlp_hidden,
+            "width": args.width, "alpha": args.alpha, "batch_size": args.batch_size,
+            "seed": args.seed, "augment": args.augment, "jit_compile": args.jit_compile,
+            "data_source": data.source, "n_train": data.n_train, "n_test": data.n_test,
+            "validation": not args.no_validation}
+
+
+def _save_checkpoint(path, model, optimizer, config, epochs_done):
+    store = {}
+    optimizer.save_own_variables(store)
+    arrays = {f"optimizer/{k}": np.asarray(v) for k, v in store.items()}
+    arrays.update({f"model/{i}": w for i, w in enumerate(model.get_weights())})
+    arrays["config"] = np.array(json.dumps(config, sort_keys=True))
+    arrays["epochs_done"] = np.array(epochs_done, np.int64)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path, model, optimizer, config):
+    """Restores a checkpoint into ``model`` / ``optimizer``; returns the
+    number of finished epochs. SystemExit when it belongs to another run."""
+    with np.load(path, allow_pickle=False) as z:
+        saved = json.loads(str(z["config"]))
+        if saved != json.loads(json.dumps(config, sort_keys=True)):
+            diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            raise SystemExit(f"checkpoint {path} is from another configuration (differs in "
+                             f"{', '.join(diff)}); remove it or use another --checkpoint-dir")
+        n_weights = len(model.weights)
+        model.set_weights([z[f"model/{i}"] for i in range(n_weights)])
+        store = {k[len("optimizer/"):]: z[k] for k in z.files if k.startswith("optimizer/")}
+        optimizer.build(model.trainable_variables)
+        optimizer.load_own_variables(store)
+        return int(z["epochs_done"])
+
+
+def _truncate_csv(path, rows):
+    """Keeps the header and the first ``rows`` data rows of a CSV log."""
+    if not os.path.exists(path):
+        if rows:
+            raise SystemExit(f"{path} is missing but its checkpoint says {rows} epoch(s) "
+                             f"are done; remove the checkpoint to start again")
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    if len(lines) < rows + 1:
+        raise SystemExit(f"{path} has {max(len(lines) - 1, 0)} epoch row(s) but its checkpoint "
+                         f"says {rows} epoch(s) are done")
+    with open(path, "w") as f:
+        f.writelines(lines[:rows + 1])
+
+
+def _fit_per_epoch(args, data, model, optimizer, optimizer_name, hp, input_shape, csv_path,
+                   top5, log):
+    """One ``fit`` call per epoch in the order ``epoch_order(seed, epoch)``;
+    with ``--checkpoint-dir`` resumes from / saves to a checkpoint after every
+    epoch. Returns (history from the CSV log, seconds of training)."""
+    import keras
+
+    config = _run_config(args, data, optimizer_name, hp, input_shape)
+    ckpt = None
+    start_epoch = 0
+    if args.checkpoint_dir:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+        ckpt = os.path.join(args.checkpoint_dir, f"{args.prefix}_{optimizer_name}.ckpt.npz")
+        if os.path.exists(ckpt):
+            start_epoch = _load_checkpoint(ckpt, model, optimizer, config)
+            if start_epoch > args.epochs:
+                raise SystemExit(f"checkpoint {ckpt} has {start_epoch} epochs, more than "
+                                 f"--epochs {args.epochs}")
+            _truncate_csv(csv_path, start_epoch)
+            log(f"    resuming {optimizer_name} from {ckpt}: {start_epoch} of {args.epochs} "
+                f"epoch(s) done")
+    elif os.path.exists(csv_path):
+        os.remove(csv_path)
+    _, test = make_pipelines(args, data, input_shape, args.seed)
+    log(f"    training on {data.n_train} images, {updates_per_epoch(args, data)} updates "
+        f"per epoch of batch {args.batch_size}")
+    for epoch in range(start_epoch, args.epochs):
+        train, _ = make_pipelines(args, data, input_shape, args.seed, epoch=epoch)
+        callbacks = [_extras_callback(top5),
+                     keras.callbacks.CSVLogger(csv_path, append=epoch > 0)]
+        model.fit(train, initial_epoch=epoch, epochs=epoch + 1,
+                  validation_data=None if args.no_validation else test,
+                  validation_steps=args.validation_steps if not args.no_validation else None,
+                  callbacks=callbacks, shuffle=False,
+                  verbose=0 if args.quiet else args.verbose)
+        if ckpt:
+            _save_checkpoint(ckpt, model, optimizer, config, epoch + 1)
+    logged = read_log(csv_path)
+    if len(logged.get("epoch", [])) != args.epochs:
+        raise SystemExit(f"{csv_path} has {len(logged.get('epoch', []))} rows, expected "
+                         f"{args.epochs}")
+    hist = {k: [float(v) for v in vals] for k, vals in logged.items() if k != "epoch"}
+    return hist, float(np.sum(logged.get("epoch_time_s", [0.0])))
 
 
 # --------------------------------------------------------------------- CLI
@@ -396,8 +598,14 @@ def parse_args(argv=None):
                    help="minibatches per epoch (the training set repeats); default: one pass")
     p.add_argument("--validation-steps", type=int, default=None)
     p.add_argument("--no-validation", action="store_true")
-    p.add_argument("--data-dir", default=None, help="TFDS data_dir holding the prepared dataset")
-    p.add_argument("--data-source", choices=("auto", "tfds", "offline"), default="auto")
+    p.add_argument("--data-dir", default=None,
+                   help="a folder with the four MNIST-format IDX files (mnist / fashion_mnist), "
+                        "or a TFDS data_dir holding the prepared dataset")
+    p.add_argument("--data-source", choices=("auto", "idx", "tfds", "offline"), default="auto",
+                   help="auto: IDX files in --data-dir if there, else TFDS, else offline")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="IDX data: save weights and optimizer state after every epoch here "
+                        "and resume from them (finished optimizers are skipped)")
     p.add_argument("--gen-train", type=int, default=5000, help="generated set: training images")
     p.add_argument("--gen-test", type=int, default=1000, help="generated set: test images")
     p.add_argument("--gen-size", type=int, default=32, help="generated set: image side")
@@ -461,6 +669,9 @@ def parse_args(argv=None):
         p.error("an optimizer is listed twice")
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be >= 1")
+    if args.checkpoint_dir and args.steps_per_epoch:
+        p.error("--checkpoint-dir resumes whole epochs; it cannot be combined with "
+                "--steps-per-epoch")
     if args.image_size is not None and args.image_size < 32 and kind == "cnn":
         p.error("--image-size must be >= 32 (keras.applications minimum)")
     return args
@@ -495,6 +706,9 @@ def main(argv=None, log=print):
     data = load_data(args, log)
     input_shape = input_shape_for(args, data)
     args.prefix = args.tag or f"{data.tag}_{args.model}"
+    if args.checkpoint_dir and not per_epoch_order(args, data):
+        raise SystemExit(f"--checkpoint-dir {args.checkpoint_dir!r}: resuming needs IDX data "
+                         f"(in memory); the data here are {data.source}")
     log(f"task {args.task}, model {args.model}, optimizers {','.join(args.optimizer)}, "
         f"{args.epochs} epoch(s), batch {args.batch_size}"
         + (f", {args.steps_per_epoch} steps/epoch" if args.steps_per_epoch else "")
@@ -524,6 +738,9 @@ def main(argv=None, log=print):
                     "gpus": len(tf.config.list_physical_devices("GPU"))},
         "task": args.task, "model": args.model, "data_source": data.source,
         "n_train": data.n_train, "n_test": data.n_test, "num_classes": data.num_classes,
+        "updates_per_epoch": updates_per_epoch(args, data),
+        "batch_order": ("numpy.random.default_rng([seed, epoch]).permutation(n_train)"
+                        if per_epoch_order(args, data) else "tf.data shuffle(seed)"),
         "input_shape": list(input_shape), "epochs": args.epochs, "batch_size": args.batch_size,
         "steps_per_epoch": args.steps_per_epoch, "augment": args.augment,
         "hparams_mode": args.hparams, "seed": args.seed, "jit_compile": args.jit_compile,
@@ -531,6 +748,10 @@ def main(argv=None, log=print):
         "elapsed_s": elapsed, "results": results,
     }
     write_json(os.path.join(args.out_dir, f"{args.prefix}_summary.json"), summary)
+    log(f"trained on {data.n_train} images"
+        + (f" ({updates_per_epoch(args, data)} updates per epoch, "
+           f"{updates_per_epoch(args, data) * args.epochs} per optimizer)"
+           if updates_per_epoch(args, data) else ""))
     log(f"wrote {png} and {args.prefix}_*.csv / _summary.json in {args.out_dir}; "
         f"done in {elapsed:.1f}s")
     return summary
