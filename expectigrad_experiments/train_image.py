@@ -263,10 +263,11 @@ def epoch_order(seed, epoch, n):
     return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
 
 
-def make_pipelines(args, data, input_shape, seed, epoch=None):
+def make_pipelines(args, data, input_shape, seed, epoch=None, eval_train=False):
     """Batched train / test datasets; the train order depends only on ``seed``
     (and, for in-memory data with ``epoch`` given, on ``epoch``: one pass in
-    the order ``epoch_order(seed, epoch, n)``)."""
+    the order ``epoch_order(seed, epoch, n)``). With ``eval_train`` only the
+    training set, in its stored order and prepared as for evaluation."""
     import tensorflow as tf
 
     is_mlp = args.model == "mlp"
@@ -290,6 +291,9 @@ def make_pipelines(args, data, input_shape, seed, epoch=None):
         image = (image - 0.5) / 0.25
         return image, label
 
+    if eval_train:
+        return data.train.map(lambda x, y: prep(x, y, False),
+                              num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
     if epoch is not None and data.arrays is not None:
         (x, y), _ = data.arrays
         order = epoch_order(seed, epoch, len(x))
@@ -411,9 +415,10 @@ def train_one(args, data, optimizer_name, input_shape, log=print):
     log(f"--- {LABELS.get(optimizer_name, optimizer_name)}: lr={hp['lr']:g} beta1={hp['beta1']:g} "
         f"beta2={hp['beta2']:g} epsilon={hp['epsilon']:g}; model {model.name} "
         f"({model.count_params():,} parameters), input {input_shape}")
+    extra = {}
     if per_epoch_order(args, data):
-        hist, seconds = _fit_per_epoch(args, data, model, optimizer, optimizer_name, hp,
-                                       input_shape, csv_path, top5, log)
+        hist, seconds, extra = _fit_per_epoch(args, data, model, optimizer, optimizer_name, hp,
+                                              input_shape, csv_path, top5, log)
     else:
         train, test = make_pipelines(args, data, input_shape, args.seed)
         callbacks = [_extras_callback(top5), keras.callbacks.CSVLogger(csv_path)]
@@ -444,6 +449,7 @@ def train_one(args, data, optimizer_name, input_shape, log=print):
         "final_val_error": final.get("val_error"),
         "final_val_top5_error": final.get("val_top5_error"),
         "finite": all(math.isfinite(v) for v in hist.get("loss", [])),
+        **extra,
     }
     if optimizer_name == "expectigrad" and hasattr(optimizer, "dispatch_report"):
         try:
@@ -531,7 +537,10 @@ def _fit_per_epoch(args, data, model, optimizer, optimizer_name, hp, input_shape
                    top5, log):
     """One ``fit`` call per epoch in the order ``epoch_order(seed, epoch)``;
     with ``--checkpoint-dir`` resumes from / saves to a checkpoint after every
-    epoch. Returns (history from the CSV log, seconds of training)."""
+    epoch. Returns (history from the CSV log, seconds of training (the sum of
+    the logged epoch times), extras): the extras are the epoch it resumed
+    from and the final model's loss and error on the whole training set,
+    evaluated in inference mode (not a running mean over the last epoch)."""
     import keras
 
     config = _run_config(args, data, optimizer_name, hp, input_shape)
@@ -564,12 +573,20 @@ def _fit_per_epoch(args, data, model, optimizer, optimizer_name, hp, input_shape
                   verbose=0 if args.quiet else args.verbose)
         if ckpt:
             _save_checkpoint(ckpt, model, optimizer, config, epoch + 1)
+    evaluated = model.evaluate(make_pipelines(args, data, input_shape, args.seed,
+                                              eval_train=True), verbose=0, return_dict=True)
+    extra = {"resumed_from_epoch": start_epoch,
+             "final_train_loss_evaluated": float(evaluated["loss"]),
+             "final_train_error_evaluated": 1.0 - float(evaluated["acc"])}
+    log(f"    {optimizer_name}: whole training set, inference mode: loss "
+        f"{extra['final_train_loss_evaluated']:.4g}, error "
+        f"{extra['final_train_error_evaluated']:.4f}")
     logged = read_log(csv_path)
     if len(logged.get("epoch", [])) != args.epochs:
         raise SystemExit(f"{csv_path} has {len(logged.get('epoch', []))} rows, expected "
                          f"{args.epochs}")
     hist = {k: [float(v) for v in vals] for k, vals in logged.items() if k != "epoch"}
-    return hist, float(np.sum(logged.get("epoch_time_s", [0.0])))
+    return hist, float(np.sum(logged.get("epoch_time_s", [0.0]))), extra
 
 
 # --------------------------------------------------------------------- CLI

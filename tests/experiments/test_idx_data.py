@@ -227,6 +227,10 @@ def test_train_on_idx_folder(tmp_path):
         assert list(rows["epoch"]) == [0, 1, 2]
         assert rows["loss"][-1] < rows["loss"][0]  # it learns
         assert r["final_train_loss"] == pytest.approx(rows["loss"][-1])
+        assert r["resumed_from_epoch"] == 0
+        # the final model on the whole training set, in inference mode
+        assert 0 < r["final_train_loss_evaluated"] < rows["loss"][0]
+        assert 0 <= r["final_train_error_evaluated"] <= 1
     # the same initial weights and first batches: first-epoch losses close
     l0 = [np.genfromtxt(tmp_path / "out" / r["csv"], delimiter=",", names=True)["loss"][0]
           for r in summary["results"]]
@@ -261,6 +265,10 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
     assert sum("3 of 3 epoch(s) done" in line for line in logs) == 2
     assert [r["final_train_loss"] for r in again["results"]] == \
         [r["final_train_loss"] for r in resumed["results"]]
+    assert [r["resumed_from_epoch"] for r in again["results"]] == [3, 3]
+    for a, b in zip(whole["results"], again["results"]):  # the same final weights
+        assert b["final_train_loss_evaluated"] == pytest.approx(
+            a["final_train_loss_evaluated"], rel=1e-5)
     # a checkpoint of another configuration is refused, naming what differs
     with pytest.raises(SystemExit, match="hyperparameters"):
         _run(base + ["--epochs", "3", "--lr", "0.01", "--out-dir", str(tmp_path / "part"),
