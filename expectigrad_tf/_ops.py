@@ -15,7 +15,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 CPU_LIB = "_expectigrad_ops.so"
 CUDA_LIB = "_expectigrad_ops_cuda.so"
 BUILD_INFO = "_build_info.json"
-REBUILD_HINT = "rebuild with `python -m expectigrad_tf._build`"
+REBUILD_HINT = "rebuild with `python -m expectigrad_tf.build`"
 
 _lock = threading.Lock()
 _state = None  # dict once loaded (successfully or not)
@@ -28,6 +28,7 @@ def _load():
         "devices": [],
         "reason": None,
         "gpu_reason": None,
+        "xla_reason": None,
         "library": os.path.join(_HERE, CPU_LIB),
         "build_info": None,
         "module": None,
@@ -35,7 +36,14 @@ def _load():
     if os.environ.get("EXPECTIGRAD_DISABLE_FUSED", "") not in ("", "0"):
         status["reason"] = "disabled by EXPECTIGRAD_DISABLE_FUSED"
         return status
-    import tensorflow as tf  # deferred: the package imports without TensorFlow
+    try:
+        import tensorflow as tf  # deferred: the package imports without TensorFlow
+    except ImportError as e:
+        status["reason"] = (
+            f"TensorFlow is not installed ({e}): the fused op is a TensorFlow op, so the "
+            "optimizer runs its composite path (keras.ops, any Keras 3 backend); to add "
+            "it: pip install tensorflow && python -m expectigrad_tf.build")
+        return status
 
     lib = status["library"]
     if not os.path.exists(lib):
@@ -62,6 +70,8 @@ def _load():
         return status
     status["available"] = True
     status["devices"].append("CPU")
+    if info.get("xla") is False:
+        status["xla_reason"] = info.get("xla_reason") or "op built without its XLA lowering"
     cuda_lib = os.path.join(_HERE, CUDA_LIB)
     if not info.get("cuda"):
         status["gpu_reason"] = "built without CUDA (nvcc was not found or EXPECTIGRAD_CUDA=0)"
@@ -140,7 +150,7 @@ def cuda_driver_reason(built_with, driver_version):
     return (f"the GPU kernels were built with CUDA {major}.{minor}{need_text}; this "
             f"driver supports CUDA {supports[0]}.{supports[1]}: rebuild with a CUDA "
             f"{supports[0]} nvcc (EXPECTIGRAD_NVCC=/path/to/cuda-{supports[0]}/bin/nvcc "
-            "python -m expectigrad_tf._build) or upgrade the driver")
+            "python -m expectigrad_tf.build) or upgrade the driver")
 
 
 def _get():
@@ -171,7 +181,7 @@ def warn_once_unavailable():
             return
         _warned = True
     reason = unavailable_reason()
-    hint = "" if "python -m expectigrad_tf._build" in str(reason) else f"; {REBUILD_HINT}"
+    hint = "" if "python -m expectigrad_tf.build" in str(reason) else f"; {REBUILD_HINT}"
     warnings.warn(
         "expectigrad_tf: the fused op is unavailable, using the composite "
         f"(Python ops) path instead: {reason}{hint}",
@@ -186,7 +196,8 @@ def fused_status():
     Returns a dict with keys ``available`` (bool), ``devices`` (list of
     ``"CPU"``/``"GPU"`` kernels registered), ``reason`` (why the op is
     unavailable, or None), ``gpu_reason`` (why there is no GPU kernel, or
-    None), ``library`` (path) and ``build_info`` (what the library was built
+    None), ``xla_reason`` (why the op has no XLA lowering, so that
+    ``jit_compile`` steps use the composite path, or None), ``library`` (path) and ``build_info`` (what the library was built
     for: TensorFlow version, CUDA).
     """
     s = _get()

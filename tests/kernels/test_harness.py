@@ -239,7 +239,7 @@ def test_build_config_is_the_only_flag_source():
     for flag in ("-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-O3"):
         assert flag in build_config.CXX_FLAGS
     assert "--fmad=false" in build_config.NVCC_FLAGS
-    for path in ("expectigrad_tf/_build.py", "tools/build_harness.py", "setup.py"):
+    for path in ("expectigrad_tf/build.py", "tools/build_harness.py", "setup.py"):
         with open(os.path.join(ROOT, path)) as f:
             text = f.read()
         for flag in ("-ffp-contract", "--fmad", "-lcudart_static", "arch=compute_"):

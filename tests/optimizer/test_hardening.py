@@ -284,7 +284,7 @@ def test_fallback_warning_names_the_rebuild_command_once(monkeypatch):
     _ops._reset_for_tests()
     try:
         v = tf.Variable([1.0, 2.0])
-        with pytest.warns(RuntimeWarning, match=r"python -m expectigrad_tf\._build"):
+        with pytest.warns(RuntimeWarning, match=r"python -m expectigrad_tf\.build"):
             Expectigrad(0.1).apply([tf.ones(2)], [v])
         import warnings
 
