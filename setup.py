@@ -1,23 +1,52 @@
-"""Build and install expectigrad_tf.
+"""Build hooks of expectigrad-tf; the metadata is in pyproject.toml.
 
-The fused op is compiled against the TensorFlow installed in *this*
-environment, so install without build isolation:
+Two things are computed at build time, so they live here:
 
-    pip install tensorflow
-    pip install --no-build-isolation .
+- build_ext compiles the TensorFlow op libraries (expectigrad_tf/build.py,
+  flags and sources from expectigrad_tf/build_config.py) against the
+  TensorFlow installed in the build environment (build without isolation),
+  and ships the C++/CUDA sources inside the package so that an installed copy
+  can rebuild them (``python -m expectigrad_tf.build``). Without TensorFlow
+  the op is skipped with one message; the optimizer then runs its composite
+  path on any Keras 3 backend.
+- the dependencies: ``tensorflow>=X.Y,<X.(Y+1)`` (the TensorFlow minor version
+  the op was built for: a wheel's Requires-Dist), or ``keras>=3`` when built
+  without TensorFlow.
 
 The CUDA kernels are built too when nvcc is found (EXPECTIGRAD_CUDA=0 to
-skip, =1 to require). See expectigrad_tf/_build.py.
+skip, =1 to require).
 """
 
+import importlib.metadata
 import os
 import shutil
 import sys
 
-from setuptools import Distribution, find_packages, setup
+from setuptools import Distribution, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Distributions that provide the `tensorflow` module, most common first.
+TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly")
+
+
+def installed_tensorflow():
+    """(distribution name, version) of the installed TensorFlow, or None."""
+    for name in TF_DISTRIBUTIONS:
+        try:
+            return name, importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def install_requires():
+    tf = installed_tensorflow()
+    if tf is None:
+        return ["numpy", "keras>=3.0"]
+    name, version = tf
+    major, minor = (int(x) for x in version.split(".")[:2])
+    return ["numpy", f"{name}>={major}.{minor},<{major}.{minor + 1}"]
 
 
 def _load_builder():
@@ -25,36 +54,39 @@ def _load_builder():
     # put its own folder first on sys.path).
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
-    from expectigrad_tf import _build
+    from expectigrad_tf import build
 
-    return _build
+    return build
 
 
 class BuildExt(build_ext):
-    """Builds the TensorFlow op libraries (expectigrad_tf/_build.py, flags and
-    sources from expectigrad_tf/build_config.py). The pybind11 test harnesses
-    are not part of the package: tools/build_harness.py builds them."""
+    """Builds the TensorFlow op libraries. The pybind11 test harnesses are not
+    part of the package: tools/build_harness.py builds them."""
 
     def run(self):
         super().run()
-        builder = _load_builder()
-        try:
-            import tensorflow  # noqa: F401
-        except ImportError as e:
-            raise SystemExit(
-                "expectigrad_tf: TensorFlow must be installed before building "
-                "(pip install tensorflow; pip install --no-build-isolation .): "
-                f"{e}"
-            )
         inplace = self.inplace or getattr(self, "editable_mode", False)
         out = os.path.join(HERE if inplace else self.build_lib, "expectigrad_tf")
         if not inplace:
-            # Ship the C++/CUDA sources inside the package, so an installed
-            # copy can rebuild the op (python -m expectigrad_tf._build) and
-            # build_config finds them (expectigrad_tf/csrc).
-            shutil.copytree(os.path.join(HERE, "csrc"), os.path.join(out, "csrc"),
-                            dirs_exist_ok=True)
-        builder.build(out_dir=out, verbose=True)
+            # Ship the C++/CUDA sources inside the package (expectigrad_tf/csrc),
+            # so an installed copy can rebuild the op; build_config finds them.
+            dest = os.path.join(out, "csrc")
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(os.path.join(HERE, "csrc"), dest)
+        if installed_tensorflow() is None:
+            if os.environ.get("EXPECTIGRAD_CUDA", "").lower() in ("1", "on", "true", "yes"):
+                raise SystemExit("expectigrad_tf: EXPECTIGRAD_CUDA=1 but TensorFlow is not "
+                                 "installed, so the op cannot be built")
+            sys.stderr.write(
+                "expectigrad_tf: TensorFlow is not installed: skipping the fused op; the "
+                "optimizer will run its composite path on any Keras 3 backend. To add the "
+                "op later: pip install tensorflow && python -m expectigrad_tf.build\n")
+            return
+        builder = _load_builder()
+        try:
+            builder.build(out_dir=out, verbose=True)
+        except builder.BuildError as e:
+            raise SystemExit(f"expectigrad_tf: building the op failed: {e}")
 
 
 class BinaryDistribution(Distribution):
@@ -66,35 +98,8 @@ class BinaryDistribution(Distribution):
 
 
 setup(
-    name="expectigrad-tf",
-    version="0.1.0",
-    description="Expectigrad optimizer for TensorFlow/Keras 3 with fused CPU and CUDA kernels",
-    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    # The experiments ship as their own package, so the console commands
-    # below work from a regular, non-editable install too.
-    packages=find_packages(include=["expectigrad_tf", "expectigrad_tf.*",
-                                    "expectigrad_experiments", "expectigrad_experiments.*"]),
-    entry_points={
-        "console_scripts": [
-            "expectigrad-demo = expectigrad_experiments.demo:main",
-            "expectigrad-reddi = expectigrad_experiments.reddi:console_main",
-            "expectigrad-train-image = expectigrad_experiments.train_image:console_main",
-            "expectigrad-momentum-study = expectigrad_experiments.momentum_study:console_main",
-            "expectigrad-translate = expectigrad_experiments.translate.trainer:main",
-            "expectigrad-benchmark = expectigrad_experiments.benchmark.cli:console_main",
-        ]
-    },
-    package_data={"expectigrad_tf": ["*.so", "_build_info.json"]},
+    install_requires=install_requires(),
+    package_data={"expectigrad_tf": ["*.so", "_build_info.json", "csrc/**/*"]},
     distclass=BinaryDistribution,
     cmdclass={"build_ext": BuildExt},
-    install_requires=["tensorflow>=2.16", "numpy"],
-    extras_require={
-        "test": ["pytest", "hypothesis", "scikit-learn", "tensorflow-datasets", "dockerfile-parse",
-                 "matplotlib", "sacrebleu"],
-        # The experiments' commands (expectigrad_experiments).
-        "experiments": ["scikit-learn", "matplotlib", "tensorflow-datasets", "sacrebleu"],
-    },
-    zip_safe=False,
 )

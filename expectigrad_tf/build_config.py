@@ -1,6 +1,6 @@
 """The one build description of every compiled artefact (stdlib only).
 
-Imported by ``expectigrad_tf/_build.py`` (the TensorFlow op libraries, used
+Imported by ``expectigrad_tf/build.py`` (the TensorFlow op libraries, used
 by ``setup.py``) and ``tools/build_harness.py`` (the pybind11 test harnesses),
 so the compiler flags, CUDA architectures, nvcc discovery and source lists are
 written once. It imports neither TensorFlow nor Keras nor NumPy: the GPU tools
@@ -93,6 +93,21 @@ COMMON_HEADERS = ["expectigrad_update.h", "expectigrad_multi_tensor.h",
 XLA_INCLUDE_DIRS = ["{tf_include}/external/highwayhash",
                     "{tf_include}/external/farmhash_archive/src"]
 XLA_LINK_ARGS = ["{tf_lib}/libtensorflow_cc.so.2"]
+# The XLA lowering needs XLA's typed-FFI headers, which TensorFlow's include
+# dir ships from 2.17 on (2.16 has none). Sources marked "xla" are left out,
+# with the reason recorded in the build info, when they are missing: the op
+# then works outside XLA and the optimizer takes its composite path inside.
+XLA_REQUIRED_HEADERS = ["xla/ffi/api/ffi.h"]
+
+
+def xla_unsupported_reason(tf_include, tf_version="this TensorFlow"):
+    """None when TensorFlow's headers can build the XLA lowering, else why not."""
+    missing = [h for h in XLA_REQUIRED_HEADERS
+               if not os.path.isfile(os.path.join(tf_include, h))]
+    if not missing:
+        return None
+    return (f"TensorFlow {tf_version} ships no XLA FFI headers ({', '.join(missing)} "
+            "missing), so the op was built without its XLA lowering")
 
 # ------------------------------------------------------------- the artefacts
 # kind: "tf" (a TensorFlow op library, linked with TF's flags) or "pybind11"
@@ -110,10 +125,10 @@ ARTEFACTS = {
             "tf/ops/expectigrad_ops.cc": {},
             "tf/kernels/expectigrad_op_cpu.cc": {},
             # XLA:CPU: the lowering (TF's XLA headers) and its FFI handler.
-            "tf/xla/expectigrad_xla_cpu.cc": {"include_dirs": XLA_INCLUDE_DIRS},
-            "tf/xla/expectigrad_ffi_cpu.cc": {},
+            "tf/xla/expectigrad_xla_cpu.cc": {"include_dirs": XLA_INCLUDE_DIRS, "xla": True},
+            "tf/xla/expectigrad_ffi_cpu.cc": {"xla": True},
         },
-        "link_args": XLA_LINK_ARGS,
+        "xla_link_args": XLA_LINK_ARGS,
     },
     # The GPU kernels, a separate library so the CPU one never needs CUDA.
     "tf_ops_cuda": {
@@ -124,10 +139,10 @@ ARTEFACTS = {
                 "defines": ["GOOGLE_CUDA=1"], "include_dirs": ["{cuda_include}"]},
             "cuda/expectigrad_kernel.cu": {},
             # XLA:GPU: the lowering, registered next to its CUDA FFI handler.
-            "tf/xla/expectigrad_xla_gpu.cc": {"include_dirs": XLA_INCLUDE_DIRS},
-            "tf/xla/expectigrad_ffi_cuda.cc": {},
+            "tf/xla/expectigrad_xla_gpu.cc": {"include_dirs": XLA_INCLUDE_DIRS, "xla": True},
+            "tf/xla/expectigrad_ffi_cuda.cc": {"xla": True},
         },
-        "link_args": XLA_LINK_ARGS,
+        "xla_link_args": XLA_LINK_ARGS,
     },
     # pybind11 harnesses (test tools, not installed): tools/build_harness.py.
     "harness": {
@@ -324,10 +339,19 @@ def object_command(name, src, obj, *, cxx, nvcc=None, paths=None, extra_cxx=(),
     return [cxx] + flags + incs + defs + list(extra_cxx) + args + ["-c", path, "-o", obj]
 
 
-def link_args(name, paths=None):
+def sources(name, xla=True):
+    """The sources of artefact `name`; without those marked "xla" when xla is
+    False (a TensorFlow without XLA FFI headers)."""
+    return [src for src, opts in ARTEFACTS[name]["sources"].items()
+            if xla or not opts.get("xla")]
+
+
+def link_args(name, paths=None, xla=True):
     """Artefact-specific linker arguments (placeholders filled)."""
     paths = dict(paths or {}, csrc=CSRC)
-    return _fill(ARTEFACTS[name].get("link_args", []), paths)
+    art = ARTEFACTS[name]
+    return _fill(art.get("link_args", []) + (art.get("xla_link_args", []) if xla else []),
+                 paths)
 
 
 def shared_flags(kind):

@@ -37,6 +37,7 @@ FUSED_STRATEGIES = (
     "MultiWorkerMirroredStrategy",
     "CollectiveAllReduceStrategy",
     "_CollectiveAllReduceStrategyExperimental",
+    "ParameterServerStrategyV2",
 )
 
 

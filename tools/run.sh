@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates .venv (once), installs
-# TensorFlow and this package (its op compiled against that TensorFlow), then
+# TensorFlow, builds this package's wheel (its op compiled against that
+# TensorFlow) and installs it, then
 #   bash tools/run.sh demo [args]   runs the demo (expectigrad-demo: Expectigrad vs Adam)
 #   bash tools/run.sh test [args]   runs the test suite (without the GPU tests)
 # Environment: PYTHON (default python3), VENV (default .venv),
@@ -33,9 +34,16 @@ stale() {
           ! -name '*.so' ! -name '*.json' ! -name '*.pyc' 2>/dev/null | head -1)" ]
 }
 if stale; then
-  python -m pip install -q --upgrade pip
-  python -m pip install -q "tensorflow>=2.16" pybind11 setuptools wheel
-  python -m pip install -q --no-build-isolation ".[test,experiments]"
+  python -m pip install -q --upgrade pip "setuptools>=77" wheel pybind11
+  python -m pip install -q "tensorflow>=2.16"
+  # Build the wheel (the op compiled against this TensorFlow) and install the
+  # package from it, as a user installs it: the tests then run against the
+  # installed copy, not the source tree.
+  rm -rf build "$VENV/dist"
+  python -m pip wheel -q --no-build-isolation --no-deps -w "$VENV/dist" .
+  wheel=$(ls "$VENV"/dist/expectigrad_tf-*.whl)
+  python -m pip install -q --force-reinstall --no-deps "$wheel"
+  python -m pip install -q "$wheel[test,experiments]"
   touch "$stamp"
 fi
 

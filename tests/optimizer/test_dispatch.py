@@ -72,3 +72,15 @@ def test_lazy_sparse_takes_the_lazy_path_for_sparse_gradients_only(in_xla, fused
                        **OK)[0] == dispatch.SPARSE_LAZY == "sparse-lazy"
     dense = choose_path(sparse=False, in_xla=in_xla, fused=fused, lazy_sparse=True, **OK)
     assert dense == choose_path(sparse=False, in_xla=in_xla, fused=fused, **OK)
+
+
+def test_op_without_xla_lowering_is_fused_outside_xla_only():
+    """A build against a TensorFlow without XLA FFI headers (2.16) has no
+    lowering: fused outside XLA, composite inside, strict with fused=True."""
+    why = "TensorFlow 2.16.2 ships no XLA FFI headers"
+    facts = dict(OK, xla_reason=why)
+    assert choose_path(sparse=False, in_xla=False, fused=None, **facts)[0] == FUSED
+    path, reason = choose_path(sparse=False, in_xla=True, fused=None, **facts)
+    assert path == COMPOSITE_XLA and why in reason
+    with pytest.raises(dispatch.FusedUnavailableError, match="ships no XLA FFI headers"):
+        choose_path(sparse=False, in_xla=True, fused=True, variable="v", **facts)

@@ -31,7 +31,12 @@
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
 #include "tensorflow/compiler/tf2xla/xla_resource.h"
+// The builder moved from xla/client/ (TensorFlow <= 2.17) to xla/hlo/builder/.
+#if __has_include("xla/hlo/builder/xla_builder.h")
 #include "xla/hlo/builder/xla_builder.h"
+#else
+#include "xla/client/xla_builder.h"
+#endif
 #include "xla/shape_util.h"
 
 #include "expectigrad_checks.h"

@@ -1,0 +1,40 @@
+"""Keras 3 on JAX and PyTorch: the optimizer's composite path, exact against
+the NumPy reference in float32, compile/fit, save/load_model and resume.
+
+Each backend runs in its own process (KERAS_BACKEND is read once, at import).
+A backend whose package is not installed here is skipped: CI installs JAX and
+a CPU PyTorch in a separate environment *without TensorFlow*
+(``.ci/extra_envs.sh``), where these tests also check that neither
+``import expectigrad_tf`` nor training imports TensorFlow.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+WORKER = os.path.join(os.path.dirname(__file__), "_keras_backend_worker.py")
+HAS_TF = importlib.util.find_spec("tensorflow") is not None
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_backend_trains_exactly(backend, tmp_path):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed in this environment")
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    proc = subprocess.run([sys.executable, WORKER], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    assert result["backend"] == backend
+    assert result["resumed_equal"]
+    if not HAS_TF:
+        # No TensorFlow: never imported, and fused_status() says why.
+        assert result["tensorflow_imported"] is False
+        assert result["fused_available"] is False
+        assert "TensorFlow is not installed" in result["fused_reason"]
+        assert "python -m expectigrad_tf.build" in result["fused_reason"]
