@@ -21,6 +21,12 @@ def in_xla():
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
+def tf_variable(v):
+    """The ``tf.Variable`` behind a Keras 3 variable; a ``tf.Variable`` (the
+    tf_keras and tf.compat.v1 optimizers' slots) as it is."""
+    return v.value if isinstance(v, keras.Variable) else v
+
+
 class TFBackend:
     """Mixin over ``keras.optimizers.Optimizer`` (TF backend)."""
 
@@ -183,11 +189,11 @@ class TFBackend:
         sums, counts, moms = [], [], []
         for v in variables:
             s, n, m = self._slots_for(v)
-            sums.append(s.value.handle)
+            sums.append(tf_variable(s).handle)
             if n is not None:
-                counts.append(n.value.handle)
+                counts.append(tf_variable(n).handle)
             if m is not None:
-                moms.append(m.value.handle)
+                moms.append(tf_variable(m).handle)
         lr = tf.cast(learning_rate, scalar_dtype)
         ok = getattr(self, "_step_ok", None)
         if ok is not None:
@@ -226,28 +232,28 @@ class TFBackend:
         values = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(indices)[0])
         g = tf.cast(values, state)
         gg = g * g
-        s_old = tf.gather(s_var.value, indices)
+        s_old = tf.gather(tf_variable(s_var), indices)
         s_rows = s_old + gg
         if n_var is not None:
-            n_old = tf.gather(n_var.value, indices)
+            n_old = tf.gather(tf_variable(n_var), indices)
             n_rows = n_old + tf.sign(gg)
         else:
             n_rows = step
-        s_var.value.scatter_update(tf.IndexedSlices(self._gate(s_rows, s_old), indices))
+        tf_variable(s_var).scatter_update(tf.IndexedSlices(self._gate(s_rows, s_old), indices))
         if n_var is not None:
-            n_var.value.scatter_update(tf.IndexedSlices(self._gate(n_rows, n_old), indices))
+            tf_variable(n_var).scatter_update(tf.IndexedSlices(self._gate(n_rows, n_old), indices))
         u = g / (eps + tf.sqrt(tf.math.divide_no_nan(s_rows, n_rows)))
-        var = variable.value if isinstance(variable, keras.Variable) else variable
+        var = tf_variable(variable)
         if m_var is not None and self.lazy_sparse:
-            m_old = tf.gather(m_var.value, indices)
+            m_old = tf.gather(tf_variable(m_var), indices)
             m_rows = beta * tf.cast(m_old, state) + one_minus_beta * u
             x_old = tf.gather(var, indices)
             x_rows = tf.cast(tf.cast(x_old, state) - lr_t * m_rows, var.dtype)
-            m_var.value.scatter_update(
+            tf_variable(m_var).scatter_update(
                 tf.IndexedSlices(self._gate(tf.cast(m_rows, m_var.dtype), m_old), indices))
             var.scatter_update(tf.IndexedSlices(self._gate(x_rows, x_old), indices))
         elif m_var is not None:
-            m = beta * tf.cast(m_var.value, state)
+            m = beta * tf.cast(tf_variable(m_var), state)
             m_rows = tf.gather(m, indices) + one_minus_beta * u
             m = tf.tensor_scatter_nd_update(m, indices[:, None], m_rows)
             x = tf.cast(variable, state) - lr_t * m

@@ -65,6 +65,36 @@ def _check_bool(name, value, error):
     return bool(value)
 
 
+def check_arguments(learning_rate, beta, epsilon, sparse_counter):
+    """Checks Expectigrad's arguments (every class: Keras 3, tf_keras,
+    tf.compat.v1); returns them normalised (Python floats and bool). A
+    learning rate that is not a number (schedule, callable, tensor) is
+    returned as it is and checked when a step runs."""
+    if isinstance(learning_rate, (numbers.Real, np.ndarray)) and not callable(learning_rate):
+        learning_rate = _check_number("learning_rate", learning_rate, 0.0, False)
+    beta = _check_number("beta", beta, 0.0, True, 1.0)
+    epsilon = _check_number("epsilon", epsilon, 0.0, False)
+    _check_float32("epsilon", epsilon, f"use epsilon >= {float(_F32.tiny)!r}")
+    if beta > 0 and np.float32(beta) >= 1.0:
+        raise ValueError(
+            f"Expectigrad: `beta` rounds to 1.0 in float32 (the bias correction "
+            f"1 - beta**t would be 0), got beta={beta!r}"
+        )
+    sparse_counter = _check_bool("sparse_counter", sparse_counter, TypeError)
+    return learning_rate, beta, epsilon, sparse_counter
+
+
+def check_fused(fused):
+    """``fused``: None, True or False (``np.bool_`` accepted), as a Python value."""
+    if fused is not None:
+        if not isinstance(fused, (bool, np.bool_)):
+            raise ValueError(
+                f"Expectigrad: `fused` must be None, True or False, got fused={fused!r}"
+            )
+        fused = bool(fused)
+    return fused
+
+
 # Codes of the layout descriptor saved with the state (see save_own_variables).
 LAYOUT_KEY = "expectigrad_layout"
 _KINDS = {0: "iterations", 1: "learning_rate", 2: "sum", 3: "count", 4: "momentum", 5: "other"}
@@ -158,24 +188,10 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         name="expectigrad",
         **kwargs,
     ):
-        if isinstance(learning_rate, (numbers.Real, np.ndarray)) and not callable(learning_rate):
-            learning_rate = _check_number("learning_rate", learning_rate, 0.0, False)
-        beta = _check_number("beta", beta, 0.0, True, 1.0)
-        epsilon = _check_number("epsilon", epsilon, 0.0, False)
-        _check_float32("epsilon", epsilon, f"use epsilon >= {float(_F32.tiny)!r}")
-        if beta > 0 and np.float32(beta) >= 1.0:
-            raise ValueError(
-                f"Expectigrad: `beta` rounds to 1.0 in float32 (the bias correction "
-                f"1 - beta**t would be 0), got beta={beta!r}"
-            )
-        sparse_counter = _check_bool("sparse_counter", sparse_counter, TypeError)
+        learning_rate, beta, epsilon, sparse_counter = check_arguments(
+            learning_rate, beta, epsilon, sparse_counter)
         lazy_sparse = _check_bool("lazy_sparse", lazy_sparse, TypeError)
-        if fused is not None:
-            if not isinstance(fused, (bool, np.bool_)):
-                raise ValueError(
-                    f"Expectigrad: `fused` must be None, True or False, got fused={fused!r}"
-                )
-            fused = bool(fused)
+        fused = check_fused(fused)
         super().__init__(
             learning_rate=learning_rate,
             name=name,
