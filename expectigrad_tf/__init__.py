@@ -28,7 +28,33 @@ else:
 __all__ = ["Expectigrad", "fused_status", "__version__"]
 
 
+def _legacy_keras():
+    """True when ``tf.keras`` is tf_keras, by TensorFlow's own rule
+    (tensorflow/python/util/lazy_loader.py, KerasLazyLoader): the environment
+    variable TF_USE_LEGACY_KERAS is "true", "True" or "1"."""
+    import os
+
+    return os.environ.get("TF_USE_LEGACY_KERAS", None) in ("true", "True", "1")
+
+
+# `Expectigrad` is resolved on first access (below), as tf.keras is: the Keras 3
+# class by default, expectigrad_tf.legacy.Expectigrad (tf_keras) when
+# TF_USE_LEGACY_KERAS is set. The Keras 3 class stays expectigrad_tf.optimizer.Expectigrad.
+globals().pop("Expectigrad", None)
+
+
 def __getattr__(name):
+    if name == "Expectigrad" and _legacy_keras():
+        # Like tf.keras: with TF_USE_LEGACY_KERAS set, tf_keras or an ImportError.
+        from expectigrad_tf.legacy import Expectigrad as cls
+
+        globals()["Expectigrad"] = cls
+        return cls
+    if name == "Expectigrad" and _KERAS_ERROR is None:
+        from expectigrad_tf.optimizer import Expectigrad as cls
+
+        globals()["Expectigrad"] = cls
+        return cls
     if name in ("Expectigrad", "fused_status") and _KERAS_ERROR is not None:
         raise ImportError(
             f"expectigrad_tf.{name} needs Keras 3 (pip install tensorflow): {_KERAS_ERROR}"

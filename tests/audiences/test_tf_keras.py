@@ -1,0 +1,181 @@
+"""tf_keras (Keras 2, TF_USE_LEGACY_KERAS=1): expectigrad_tf.legacy.Expectigrad.
+
+TF_USE_LEGACY_KERAS must be set before TensorFlow is imported, and tf_keras
+registers itself with TensorFlow on import, so the optimizer runs in fresh
+processes (``_tf_keras_worker.py``: one for every check, one that loads the
+saved model without importing expectigrad_tf); this process compares what
+they wrote with the NumPy reference. Skipped only when tf_keras is not
+installed (pip install "tf-keras~=2.21.0", matching TensorFlow's minor).
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("tf_keras") is None:
+    pytest.skip("tf_keras is not installed (pip install 'tf-keras~=2.21.0')",
+                allow_module_level=True)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import _tf_keras_worker as worker  # noqa: E402  (no TensorFlow at import)
+
+from expectigrad_tf.reference import ExpectigradNumpy, online_gradient  # noqa: E402
+
+
+def _run(mode, out):
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("KERAS_BACKEND", None)
+    p = subprocess.run([sys.executable, os.path.join(HERE, "_tf_keras_worker.py"), mode, str(out)],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tf_keras")
+    _run("main", out)
+    with open(out / "results.json") as f:
+        facts = json.load(f)
+    return out, facts, dict(np.load(out / "results.npz"))
+
+
+def _reference(problem, beta, sparse_counter, steps=worker.STEPS):
+    x0 = np.linspace(-1.5, 1.5, 12).reshape(3, 4)
+    ref = ExpectigradNumpy(x0, lr=worker.LR, beta=beta, sparse_counter=sparse_counter)
+    for t in range(1, steps + 1):
+        ref.step(online_gradient(problem, ref.x, t))
+    return ref.x
+
+
+def test_expectigrad_resolves_to_the_tf_keras_class_with_legacy_keras(results):
+    _, facts, _ = results
+    assert facts["tf_keras_is_tf_keras"]  # tf.keras is tf_keras in the worker
+    assert facts["resolves_to_legacy"]    # expectigrad_tf.Expectigrad follows it
+    assert facts["subclass"]
+
+
+def test_resolution_rule_is_tensorflows(monkeypatch):
+    import expectigrad_tf
+
+    for value, legacy in (("1", True), ("true", True), ("True", True), ("0", False),
+                          ("yes", False), ("TRUE", False), (None, False)):
+        if value is None:
+            monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
+        else:
+            monkeypatch.setenv("TF_USE_LEGACY_KERAS", value)
+        assert expectigrad_tf._legacy_keras() is legacy, value
+
+
+def test_default_is_the_keras3_class():
+    env = dict(os.environ)
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    code = ("import expectigrad_tf, keras; from expectigrad_tf.optimizer import Expectigrad as K3;"
+            "assert expectigrad_tf.Expectigrad is K3;"
+            "assert isinstance(expectigrad_tf.Expectigrad(), keras.optimizers.Optimizer)")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+@pytest.mark.parametrize("case", worker.DENSE_CASES, ids=lambda c: worker.case_key(*c))
+def test_dense_trajectory_equals_reference_float64(results, case):
+    _, facts, arrays = results
+    problem, beta, sc, fused = case
+    key = worker.case_key(*case)
+    np.testing.assert_allclose(arrays["dense/" + key], _reference(problem, beta, sc), rtol=1e-10)
+    assert facts["dense_paths"][key] == (["composite"] if fused is False else ["fused"])
+    assert facts["iterations"][key] == worker.STEPS
+
+
+def test_xla_compiled_composite_equals_reference(results):
+    _, facts, arrays = results
+    assert facts["xla_paths"] == ["composite-xla"]
+    np.testing.assert_allclose(arrays["xla"], _reference("quadratic", 0.9, True), rtol=1e-10)
+
+
+@pytest.mark.parametrize("beta", [0.9, 0.0])
+def test_sparse_gather_gradient_equals_reference(results, beta):
+    _, facts, arrays = results
+    assert facts["sparse_is_indexed_slices"]
+    assert facts["sparse_paths"][str(beta)] == ["sparse"]
+    table0 = np.arange(30, dtype=np.float64).reshape(10, 3) / 7.0 - 2.0
+    ref = ExpectigradNumpy(table0, lr=worker.LR, beta=beta)
+    touched = np.zeros(10, bool)
+    for idx, vals in worker.sparse_steps():
+        dense = np.zeros_like(table0)
+        np.add.at(dense, idx, vals)  # duplicates summed
+        touched[idx] = True
+        ref.step(dense)
+    np.testing.assert_allclose(arrays[f"sparse/{beta}"], ref.x, rtol=1e-10)
+    np.testing.assert_allclose(arrays[f"sparse/{beta}/sum"], ref.s, rtol=1e-10)
+    np.testing.assert_array_equal(arrays[f"sparse/{beta}/count"], ref.n)
+    assert not touched.all() and np.all(arrays[f"sparse/{beta}/sum"][~touched] == 0)
+    # Rows never given keep their value (zero momentum); rows given earlier
+    # but not at a step still move at that step when beta > 0 (exact
+    # Algorithm 1, not lazy): the reference comparison above covers that.
+    np.testing.assert_array_equal(arrays[f"sparse/{beta}"][~touched], table0[~touched])
+
+
+def test_float16_variable_has_float32_state(results):
+    _, facts, _ = results
+    assert facts["float16_slot_dtypes"] == ["float32", "float32", "float16"]
+    assert facts["float16_paths"] == ["fused"]
+
+
+def test_arguments_config_and_errors(results):
+    _, facts, _ = results
+    assert facts["config"] == {"name": "Expectigrad", "clipnorm": 1.0, "learning_rate": 0.25,
+                               "beta": 0.5, "epsilon": 1e-06, "sparse_counter": False,
+                               "fused": False}
+    assert facts["from_config"] == ["Expectigrad", 0.5, False]
+    errors = facts["errors"]
+    assert all(errors.values()), errors
+    for kw, message in errors.items():
+        name = kw.split("'")[1]
+        assert f"`{name}`" in message and f"{name}=" in message, (kw, message)
+    assert "expected (2, 3)" in facts["shape_error"]
+
+
+def test_fit_trains_with_fused_and_sparse_paths(results):
+    _, facts, _ = results
+    loss = facts["fit_loss"]
+    assert loss[-1] < 0.5 * loss[0]
+    paths = facts["fit_paths"]
+    assert paths.pop("embedding/embeddings:0") == "sparse"
+    assert set(paths.values()) == {"fused"}
+    assert facts["fit_iterations"] == 5 * 4
+
+
+def test_saved_model_loads_without_custom_objects_and_resumes_exactly(results):
+    out, facts, arrays = results
+    _run("load", out)  # a fresh process that imports only TensorFlow (tf.keras)
+    with open(out / "load.json") as f:
+        loaded = json.load(f)
+    assert loaded["class"] == "expectigrad_tf.legacy.Expectigrad"
+    assert loaded["iterations"] == 4 * 4 and loaded["beta"] == 0.9
+    np.testing.assert_allclose(loaded["learning_rate"], 0.02, rtol=1e-7)
+    # One more epoch after loading == one more epoch without saving: the
+    # optimizer state (sum, count, momentum, step) was restored.
+    np.testing.assert_array_equal(np.load(out / "loaded_continued.npy"), arrays["fit/continued"])
+    # The legacy HDF5 format too (in the worker, where expectigrad_tf is imported).
+    assert facts["h5_optimizer"] == ["expectigrad_tf.legacy", 16]
+    np.testing.assert_array_equal(arrays["fit/h5_continued"], arrays["fit/continued"])
+
+
+def test_state_with_other_slots_is_refused(results):
+    _, facts, _ = results
+    assert "nothing was restored" in facts["mismatch_error"]
+    assert facts["mismatch_unchanged"] == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_mirrored_strategy_two_replicas_equals_one_device(results):
+    _, facts, arrays = results
+    assert facts["replicas"] == 2
+    assert set(facts["mirrored_paths"].values()) == {"fused"}
+    np.testing.assert_allclose(arrays["mirrored"], arrays["single"], rtol=1e-5, atol=1e-6)
