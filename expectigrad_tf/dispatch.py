@@ -37,6 +37,9 @@ FUSED_STRATEGIES = (
     "MultiWorkerMirroredStrategy",
     "CollectiveAllReduceStrategy",
     "_CollectiveAllReduceStrategyExperimental",
+    # tf.distribute.ParameterServerStrategy: the variables live on the
+    # parameter servers; one op call per (dtype, parameter server), colocated
+    # with its variables (tests/optimizer/test_parameter_server.py).
     "ParameterServerStrategyV2",
 )
 
