@@ -53,6 +53,7 @@ class TFBackend:
             strategy=strategy,
             variable=getattr(var, "name", "variable"),
             lazy_sparse=self.lazy_sparse,
+            xla_reason=status["xla_reason"],
         )
         if (op_reason is not None and self.fused is None
                 and path not in (dispatch.SPARSE, dispatch.SPARSE_LAZY)):
