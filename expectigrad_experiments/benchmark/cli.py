@@ -35,9 +35,14 @@ methods alike; medians and p10/p90 are reported, and every ratio also has
 the spread of its per-repeat (paired) ratios. Python's garbage collector
 is paused inside timed blocks (as ``timeit`` does) and run between them.
 
+``--sparse`` measures instead one optimizer step on a large embedding table
+(1M x 64 float32, 256 touched rows; ``tf.IndexedSlices`` gradients): the lazy
+sparse path (``Expectigrad(lazy_sparse=True)``) against the exact one (see
+``benchmark.sparse``); its output goes to runs/benchmark_sparse.{json,md}.
+
 Usage::
 
-    expectigrad-benchmark [--quick] [--out-json F] [--out-md F]
+    expectigrad-benchmark [--quick] [--sparse] [--out-json F] [--out-md F]
     python -m expectigrad_experiments.benchmark --quick
 
 The modules of this package: ``backends`` (how each method is set up and
@@ -57,6 +62,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from .backends import STEP_METHODS  # noqa: E402
 from .report import (SCHEMA_VERSION, compute_ratios, evaluate_targets, finish,  # noqa: E402
                      load_average, machine_info)
+from .sparse import FULL_SPARSE, QUICK_SPARSE, bench_sparse, sparse_to_markdown  # noqa: E402
 from .workloads import (FULL_MODELS, FULL_WORKLOADS, QUICK_MODELS,  # noqa: E402
                         QUICK_WORKLOADS, bench_model, bench_workload)
 
@@ -68,8 +74,12 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="small sizes and few repeats (well under a minute)")
-    p.add_argument("--out-json", default=os.path.join("runs", "benchmark.json"))
-    p.add_argument("--out-md", default=os.path.join("runs", "benchmark.md"))
+    p.add_argument("--sparse", action="store_true",
+                   help="measure only the embedding-table step: lazy vs exact sparse path")
+    p.add_argument("--out-json", default=None,
+                   help="default runs/benchmark.json (runs/benchmark_sparse.json with --sparse)")
+    p.add_argument("--out-md", default=None,
+                   help="default runs/benchmark.md (runs/benchmark_sparse.md with --sparse)")
     p.add_argument("--repeats", type=int, default=None,
                    help="round-robin repeats per workload (default 21, quick 5)")
     p.add_argument("--model-repeats", type=int, default=None,
@@ -86,6 +96,11 @@ def parse_args(argv=None):
                         "and targets) from a JSON file this command wrote")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded as the command
+    stem = "benchmark_sparse" if args.sparse else "benchmark"
+    if args.out_json is None:
+        args.out_json = os.path.join("runs", stem + ".json")
+    if args.out_md is None:
+        args.out_md = os.path.join("runs", stem + ".md")
     return args
 
 
@@ -94,10 +109,12 @@ def main(argv=None):
     if args.from_json:
         with open(args.from_json) as f:
             res = json.load(f)
-        res["ratios"] = compute_ratios(res["step"])
-        res["targets"] = evaluate_targets(res["step"], res["model"])
         if os.path.abspath(args.out_json or "") == os.path.abspath(args.from_json):
             args.out_json = None  # never overwrite the measurements themselves
+        if "sparse" in res:
+            return finish_sparse(res, args)
+        res["ratios"] = compute_ratios(res["step"])
+        res["targets"] = evaluate_targets(res["step"], res["model"])
         return finish(res, args, res["meta"].get("quick", False))
     if args.repeats is None:
         args.repeats = 5 if args.quick else 21
@@ -116,6 +133,8 @@ def main(argv=None):
 
     if keras.backend.backend() != "tensorflow":
         sys.exit("benchmark needs KERAS_BACKEND=tensorflow")
+    if args.sparse:
+        return main_sparse(args, tf, keras)
     if _ops.unavailable_reason() is not None:
         sys.exit(f"the fused op is unavailable: {_ops.unavailable_reason()}")
 
@@ -162,6 +181,50 @@ def main(argv=None):
     res["targets"] = evaluate_targets(step_rows, model_rows)
     print(f"measured in {meta['wall_s']}s")
     return finish(res, args, args.quick)
+
+
+def main_sparse(args, tf, keras):
+    """``--sparse``: the lazy vs exact sparse step (``benchmark.sparse``)."""
+    t_start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
+
+    tf.get_logger().setLevel("ERROR")
+    meta = machine_info(tf, keras, args)
+    spec = QUICK_SPARSE if args.quick else FULL_SPARSE
+    log(f"# Expectigrad sparse benchmark: {meta['cpu_model']}, {meta['usable_cpus']} usable "
+        f"CPUs, TF {meta['tensorflow']}, {meta['date']}")
+    cfg = dict(seed=args.seed, repeats=args.repeats, warmup=2 if args.quick else 3,
+               target_block=0.02 if args.quick else 0.5, max_inner=10 if args.quick else 200)
+    sparse = bench_sparse(spec, cfg, log)
+    meta["load_average_end"] = sparse.pop("load_average_end")
+    meta["wall_s"] = round(time.perf_counter() - t_start, 1)
+    res = {"schema_version": SCHEMA_VERSION, "meta": meta, "sparse": sparse}
+    print(f"measured in {meta['wall_s']}s")
+    return finish_sparse(res, args)
+
+
+def finish_sparse(res, args):
+    """Writes and prints a ``--sparse`` result; the target line only with
+    ``--targets``."""
+    targets = bool(getattr(args, "targets", False))
+    md = sparse_to_markdown(res, targets)
+    for path, text in ((args.out_json, json.dumps(res, indent=1) + "\n"), (args.out_md, md + "\n")):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+    print("\n" + md, flush=True)
+    if targets:
+        t = res["sparse"]["target"]
+        print("## targets" + (" (quick mode: small sizes, not the target workload)"
+                              if res["meta"].get("quick") else ""))
+        print(f"{t['status']} {t['name']}: {t['description']} "
+              f"[{t['workload']}: {t['ratio']:.2f} {t['comparison']} {t['threshold']}]")
+    written = [p for p in (args.out_json, args.out_md) if p]
+    print("wrote " + (" and ".join(written) if written else "nothing"), flush=True)
+    return res
 
 
 def console_main():
