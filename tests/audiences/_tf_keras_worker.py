@@ -106,6 +106,15 @@ def main(out):
         facts["dense_paths"][key] = sorted({p for p, _ in opt.dispatch_report().values()})
         facts.setdefault("iterations", {})[key] = int(opt.iterations.numpy())
 
+    # -- a learning-rate schedule, evaluated at the step before the update
+    var = tf.Variable(x0.copy())
+    schedule = tf.keras.optimizers.schedules.PiecewiseConstantDecay([10], [LR, LR / 2])
+    opt = Expectigrad(learning_rate=schedule)
+    for t in range(1, STEPS + 1):
+        opt.apply_gradients([(tf.constant(online_gradient("quadratic", var.numpy(), t)), var)])
+    arrays["schedule"] = var.numpy()
+    facts["schedule_config"] = opt.get_config()["learning_rate"]["class_name"]
+
     # -- XLA (tf_keras compiles per-variable updates with jit_compile, on a GPU)
     var = tf.Variable(x0.copy())
     opt = Expectigrad(learning_rate=LR, fused=False)

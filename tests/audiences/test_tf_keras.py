@@ -72,6 +72,19 @@ def test_resolution_rule_is_tensorflows(monkeypatch):
         assert expectigrad_tf._legacy_keras() is legacy, value
 
 
+def test_legacy_keras_without_tf_keras_is_an_import_error(monkeypatch):
+    # As tf.keras: with TF_USE_LEGACY_KERAS set, tf_keras or an ImportError.
+    import expectigrad_tf
+
+    monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")
+    monkeypatch.setitem(sys.modules, "tf_keras", None)  # not importable
+    monkeypatch.delitem(sys.modules, "expectigrad_tf.legacy", raising=False)
+    monkeypatch.delitem(expectigrad_tf.__dict__, "Expectigrad", raising=False)  # resolve again
+    with pytest.raises(ImportError, match="pip install 'tf-keras~="):
+        expectigrad_tf.Expectigrad
+    assert "Expectigrad" not in expectigrad_tf.__dict__
+
+
 def test_default_is_the_keras3_class():
     env = dict(os.environ)
     env.pop("TF_USE_LEGACY_KERAS", None)
@@ -91,6 +104,17 @@ def test_dense_trajectory_equals_reference_float64(results, case):
     np.testing.assert_allclose(arrays["dense/" + key], _reference(problem, beta, sc), rtol=1e-10)
     assert facts["dense_paths"][key] == (["composite"] if fused is False else ["fused"])
     assert facts["iterations"][key] == worker.STEPS
+
+
+def test_schedule_is_evaluated_at_the_step_before_the_update(results):
+    _, facts, arrays = results
+    assert facts["schedule_config"] == "PiecewiseConstantDecay"
+    x0 = np.linspace(-1.5, 1.5, 12).reshape(3, 4)
+    ref = ExpectigradNumpy(x0, lr=worker.LR)
+    for t in range(1, worker.STEPS + 1):  # iterations = t - 1 <= 10: LR, then LR / 2
+        ref.step(online_gradient("quadratic", ref.x, t), lr=worker.LR if t - 1 <= 10 else worker.LR / 2)
+    np.testing.assert_allclose(arrays["schedule"], ref.x, rtol=1e-10)
+    assert not np.allclose(arrays["schedule"], _reference("quadratic", 0.9, True), rtol=1e-6)
 
 
 def test_xla_compiled_composite_equals_reference(results):
