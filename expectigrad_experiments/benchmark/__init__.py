@@ -3,6 +3,8 @@
 * ``backends``: how each optimizer / code path is set up and timed;
 * ``workloads``: the shapes and models measured, and the measurement loops;
 * ``report``: medians, ratios, targets, machine metadata, JSON / Markdown;
+* ``sparse``: the ``--sparse`` workload (lazy vs exact sparse step on a large
+  embedding table) and its Markdown;
 * ``cli``: the command line (``main``).
 
 ``python -m expectigrad_experiments.benchmark`` runs the command line.
