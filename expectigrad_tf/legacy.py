@@ -52,6 +52,12 @@ def _borrow(cls, *names):
     return {name: cls.__dict__[name] for name in names}
 
 
+# From the TF plumbing of the Keras 3 class, by name (not by inheriting the
+# mixin, whose Keras 3 overrides would reach tf_keras's methods of the same
+# names): the dispatch decision, the fused op call and the sparse path.
+_TF_SHARED = _borrow(
+    TFBackend, "_choose", "_fused_apply", "_sparse_update", "_gate", "_is_sparse",
+    "_fused_unavailable_reason")
 _SHARED = _borrow(
     _k3.Expectigrad,
     "_state_dtype",        # float32 state for 16-bit variables
@@ -66,7 +72,7 @@ _SHARED = _borrow(
 
 
 @tf_keras.saving.register_keras_serializable(package="expectigrad_tf", name="Expectigrad")
-class Expectigrad(TFBackend, tf_keras.optimizers.Optimizer):
+class Expectigrad(tf_keras.optimizers.Optimizer):
     """Expectigrad (Algorithm 1 of the paper) as a ``tf_keras`` optimizer.
 
     Same algorithm, arguments, slots, dispatch and ``dispatch_report()`` as
@@ -182,11 +188,6 @@ class Expectigrad(TFBackend, tf_keras.optimizers.Optimizer):
         """What the shared composite code calls to write a state variable."""
         return variable.assign(value)
 
-    def apply(self, grads, trainable_variables):
-        """Keras 3's ``apply(grads, variables)``: ``apply_gradients`` over
-        the pairs."""
-        return self.apply_gradients(zip(grads, trainable_variables))
-
     def load_own_variables(self, store):
         """tf_keras's loading, but strict: a saved state with another number
         of arrays or other shapes (e.g. another ``beta``/``sparse_counter``,
@@ -282,7 +283,7 @@ class Expectigrad(TFBackend, tf_keras.optimizers.Optimizer):
         return config
 
 
-for _name, _attr in _SHARED.items():
+for _name, _attr in {**_TF_SHARED, **_SHARED}.items():
     setattr(Expectigrad, _name, _attr)
 del _name, _attr
 

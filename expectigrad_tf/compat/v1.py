@@ -47,7 +47,7 @@ if keras.backend.backend() != "tensorflow":
 _STEP = "step"
 
 
-class ExpectigradOptimizer(TFBackend, tf.compat.v1.train.Optimizer):
+class ExpectigradOptimizer(tf.compat.v1.train.Optimizer):
     """Optimizer that implements Expectigrad (Algorithm 1 of the paper); see
     ``expectigrad_tf.optimizer.Expectigrad`` for the maths.
 
@@ -154,10 +154,6 @@ class ExpectigradOptimizer(TFBackend, tf.compat.v1.train.Optimizer):
         return variable.assign(value, use_locking=self._use_locking)
 
     # --------------------------------------------------------------- updates
-    def apply(self, grads, variables):
-        """``apply_gradients(zip(grads, variables))``."""
-        return self.apply_gradients(zip(grads, variables))
-
     def apply_gradients(self, grads_and_vars, global_step=None, name=None, **kwargs):
         """``tf.compat.v1.train.Optimizer.apply_gradients`` after the static
         shape check every Expectigrad class shares (no broadcasting)."""
@@ -238,7 +234,14 @@ class ExpectigradOptimizer(TFBackend, tf.compat.v1.train.Optimizer):
                 "tf.compat.v1.enable_resource_variables() first")
 
 
+# Shared by name with the Keras 3 class (not by inheriting its TF mixin, whose
+# Keras 3 overrides are not meant for this base class): the dispatch decision,
+# the fused op call, the sparse path and the runtime checks from _backend_tf;
+# the argument-independent maths and helpers from optimizer.Expectigrad.
 for _name, _attr in {
+    **{name: TFBackend.__dict__[name] for name in (
+        "_choose", "_fused_apply", "_sparse_update", "_gate", "_is_sparse",
+        "_fused_unavailable_reason", "_indices_in_range", "_runtime_gradient_checks")},
     "_state_dtype": _k3.Expectigrad.__dict__["_state_dtype"],
     "_scalars": _k3.Expectigrad.__dict__["_scalars"],
     "_assign_state": _k3.Expectigrad.__dict__["_assign_state"],
