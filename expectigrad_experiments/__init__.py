@@ -15,4 +15,12 @@ Shared modules: ``optimizers`` (every optimizer the experiments compare, one
 factory), ``data`` (offline datasets), ``report`` (CSV / JSON files and
 matplotlib helpers). Install the experiments' dependencies with
 ``pip install --no-build-isolation ".[experiments]"``.
+
+TensorFlow's log noise is quiet by default in every command (``quiet``:
+``TF_CPP_MIN_LOG_LEVEL=2`` unless you set it; set it to 0 to see everything).
 """
+
+from .quiet import quiet_tensorflow as _quiet_tensorflow
+
+# Before any command module imports TensorFlow.
+_quiet_tensorflow()

@@ -6,10 +6,7 @@ scikit-learn, no download), same model, same data, same seed.
 """
 
 import argparse
-import os
 import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 

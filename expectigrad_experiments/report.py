@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-__all__ = ["LABELS", "COLORS", "MARKERS", "LINESTYLES", "pyplot", "write_json", "write_csv", "write_dict_csv",
+__all__ = ["LABELS", "COLORS", "MARKERS", "LINESTYLES", "line_style", "pyplot", "write_json", "write_csv", "write_dict_csv",
            "read_log", "plot_curves", "save_samples"]
 
 LABELS = {
@@ -39,6 +39,20 @@ LINESTYLES = {
     "expectigrad": "-", "adam": "--", "rmsprop": "-.", "adadelta": ":", "amsgrad": (0, (5, 1)),
     "yogi": (0, (3, 1, 1, 1, 1, 1)), "adagrad": (0, (1, 2)), "sgd": (0, (8, 2, 2, 2)),
 }
+
+
+def line_style(name, k, n_lines, n_points, n_markers=12):
+    """``ax.plot`` keyword arguments of optimizer ``name``, line ``k`` of
+    ``n_lines`` in a panel with ``n_points`` points: its colour, line style and
+    marker, about ``n_markers`` markers per line, staggered between the lines
+    so that lines lying on top of each other still show every marker."""
+    every = max(1, n_points // n_markers)
+    ours = name == "expectigrad"
+    return dict(color=COLORS.get(name), ls=LINESTYLES.get(name, "--"),
+                marker=MARKERS.get(name, "o"),
+                markevery=((k * every) // max(1, n_lines), every), ms=4.5,
+                mfc=None if ours else "none", lw=1.8 if ours else 1.3,
+                zorder=3 if ours else 2)
 
 
 def pyplot():

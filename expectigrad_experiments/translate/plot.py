@@ -3,7 +3,8 @@
     python -m expectigrad_experiments.translate.plot runs/translation/expectigrad runs/translation/adam \\
         --out docs/results/translation/bleu.png --copy-json docs/results/translation
 
-Each run's label is its optimizer (from eval.json). With ``--copy-json DIR``
+Each run's label is its optimizer (from eval.json) unless ``--labels`` names
+them (e.g. two runs of the same optimizer). With ``--copy-json DIR``
 each run's eval.json is copied to ``DIR/<prefix><label>_eval.json`` and a table of
 the final scores is printed as Markdown.
 """
@@ -13,7 +14,7 @@ import json
 import os
 import shutil
 
-from ..report import pyplot
+from ..report import LABELS, line_style, pyplot
 
 
 def load(run_dir):
@@ -27,10 +28,14 @@ def plot(runs, out, title):
     plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label, records in runs:
+    for k, (label, records) in enumerate(runs):
         steps = [r["step"] for r in records]
-        axes[0].plot(steps, [r["bleu_cased"] for r in records], marker="o", label=label)
-        axes[1].plot(steps, [r["loss"] for r in records], marker="o", label=label)
+        # Per-optimizer colour, line style and staggered markers (report.line_style):
+        # runs with equal scores stay visible.
+        style = line_style(label, k, len(runs), len(steps))
+        name = LABELS.get(label, label)
+        axes[0].plot(steps, [r["bleu_cased"] for r in records], label=name, **style)
+        axes[1].plot(steps, [r["loss"] for r in records], label=name, **style)
     axes[0].set(xlabel="training step", ylabel="BLEU (cased, greedy)", title=title)
     axes[1].set(xlabel="training step", ylabel="eval cross-entropy (nats/token)", yscale="log",
                 title="evaluation loss")
@@ -50,8 +55,15 @@ def main(argv=None):
     p.add_argument("--title", default="BLEU over training")
     p.add_argument("--copy-json", default=None, help="folder to copy each run's eval.json into")
     p.add_argument("--prefix", default="", help="prefix of the copied file names")
+    p.add_argument("--labels", default=None,
+                   help="comma-separated labels, one per run dir (default: each run's optimizer)")
     args = p.parse_args(argv)
     runs = [load(d) for d in args.run_dirs]
+    if args.labels is not None:
+        labels = [x.strip() for x in args.labels.split(",")]
+        if len(labels) != len(runs) or not all(labels):
+            p.error(f"--labels {args.labels!r}: expected {len(runs)} non-empty labels, one per run dir")
+        runs = [(label, records) for label, (_, records) in zip(labels, runs)]
     plot(runs, args.out, args.title)
     if args.copy_json:
         os.makedirs(args.copy_json, exist_ok=True)

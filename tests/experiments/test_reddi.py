@@ -186,3 +186,106 @@ def test_xla_and_plain_graph_agree(tmp_path):
         for opt, r in res.items():
             assert r["final_x"] == pytest.approx(b["results"][prob][opt]["final_x"], rel=1e-12, abs=1e-14)
     assert a["command"] == "expectigrad-reddi " + " ".join(common + ["--out-dir", str(tmp_path / "xla")])
+
+
+def test_quick_run_prints_no_fail_and_says_what_it_skips(quick_run):
+    """--quick checks what a short run can show (directions) and lists the
+    paper's claims, which need the full run, as skipped with the reason."""
+    out, stdout = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert "FAIL" not in stdout
+    checks, skipped = summary["checks"], summary["checks_skipped"]
+    assert checks and all(checks.values()), checks
+    ok_lines = [ln for ln in stdout.splitlines() if ln.strip().startswith("[ok] ")]
+    assert len(ok_lines) == len(checks)
+    # The paper's claims are skipped, each with its reason, and none evaluated.
+    for prob in summary["results"]:
+        assert f"{prob}: expectigrad reaches x <= -1" in skipped
+        assert f"{prob}: adam ends at x > 0" in skipped
+    assert not any("reaches x <= -1" in name for name in checks)
+    assert all("Figure 1" in why for why in skipped.values())
+    assert "not checked" in stdout and "[skipped] expectigrad reaches x <= -1" in stdout
+    assert f"checks ({len(checks)} that apply to this run" in stdout
+
+
+def _trend_case(adam_rises):
+    """Made-up trajectories (3 records, online + 2 stochastic runs) for
+    evaluate_checks: Expectigrad falls, Adam rises or falls."""
+    args = reddi.parse_args(["--steps", "100000", "--stoch-runs", "2",
+                             "--optimizers", "expectigrad,adam"])
+    names = reddi.problem_names(2)
+    xs = np.zeros((3, 2, 3))
+    xs[:, 0, :] = [[0.0], [-0.1], [-0.3]]  # expectigrad
+    xs[:, 1, :] = [[0.0], [0.5], [1.0]] if adam_rises else [[0.0], [-0.5], [-1.0]]
+    results = {p: {o: {"final_x": float(xs[-1, i, j]), HIT: None}
+                   for i, o in enumerate(args.optimizers)} for j, p in enumerate(names)}
+    return reddi.evaluate_checks(args, names, results, xs)
+
+
+def test_direction_checks_can_fail():
+    checks, skipped = _trend_case(adam_rises=True)
+    assert checks["online: adam's x rises over the second half of the run"]
+    assert checks["online: expectigrad's x falls over the second half of the run"]
+    assert checks["stochastic (all 2 runs): adam ends above expectigrad in every run"]
+    assert all(checks.values()) and skipped
+    checks, _ = _trend_case(adam_rises=False)
+    assert not checks["online: adam's x rises over the second half of the run"]
+    assert not checks["stochastic (all 2 runs): adam's x rises over the second half of every run"]
+    assert not checks["stochastic (all 2 runs): adam ends above expectigrad in every run"]
+    lines = []
+    reddi.print_checks({"checks": checks, "checks_skipped": {}, "steps": 100000},
+                       out=lines.append)
+    assert "  [FAIL] online: adam's x rises over the second half of the run" in lines
+
+
+def test_full_length_run_evaluates_the_paper_claims():
+    """At Figure 1's length (lr x steps) the claims are evaluated, not skipped."""
+    args = reddi.parse_args(["--steps", "2000", "--lr", "10", "--stoch-runs", "0"])
+    names = reddi.problem_names(0)
+    xs = np.zeros((3, len(args.optimizers), 1))
+    results = {"online": {o: {"final_x": 0.5, HIT: None} for o in args.optimizers}}
+    checks, skipped = reddi.evaluate_checks(args, names, results, xs)
+    assert checks["online: expectigrad reaches x <= -1"] is False
+    assert checks["online: adam ends at x > 0"] is True
+    # 2000 steps are under 100 periods: the direction checks are the skipped ones.
+    assert skipped and all("periods" in why for why in skipped.values())
+
+
+def test_replot_redraws_from_the_saved_files(quick_run, tmp_path):
+    out, _ = quick_run
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("summary.json", "trajectories.csv"):
+        (copy / name).write_bytes((out / name).read_bytes())
+    stdout = _run(["--replot", str(copy)], cwd=tmp_path)
+    assert f"wrote {copy / 'reddi.png'}" in stdout
+    assert sorted(os.listdir(copy)) == ["reddi.png", "summary.json", "trajectories.csv"]
+    assert (copy / "summary.json").read_bytes() == (out / "summary.json").read_bytes()
+    png = (copy / "reddi.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    bad = subprocess.run([sys.executable, "-m", "expectigrad_experiments.reddi", "--replot",
+                          str(copy), "--quick"], cwd=tmp_path, env=ENV, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0
+
+
+def test_coinciding_lines_stay_visible(tmp_path):
+    """Adam and RMSProp on exactly the same trajectory (as at the clip,
+    x = 1, in Figure 1): both colours are still in the picture."""
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+
+    from expectigrad_experiments.report import COLORS
+
+    args = reddi.parse_args(["--steps", "1000", "--stoch-runs", "0",
+                             "--optimizers", "adam,rmsprop"])
+    steps = np.arange(0, 1001, 10)
+    xs = np.zeros((len(steps), 2, 1))
+    xs[:, :, 0] = np.minimum(steps / 500.0, 1.0)[:, None]  # identical lines
+    png = tmp_path / "reddi.png"
+    reddi.plot(str(png), args, steps, xs, np.full((2, 1), -1))
+    img = plt.imread(str(png))[..., :3]
+    for opt in ("adam", "rmsprop"):
+        rgb = np.array(mcolors.to_rgb(COLORS[opt]))
+        near = np.abs(img - rgb).max(axis=-1) < 0.08
+        assert near.sum() > 30, f"{opt}'s colour is hidden ({near.sum()} pixels)"
