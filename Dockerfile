@@ -37,7 +37,7 @@ ENV PATH=/opt/venv/bin:$PATH
 
 # TensorFlow first: the op is compiled against the TensorFlow installed here,
 # hence --no-build-isolation below (the same commands as the README).
-RUN pip install "tensorflow[and-cuda]==2.21.*" "pybind11>=2.10" setuptools wheel numpy
+RUN pip install "tensorflow[and-cuda]==2.21.*" "pybind11>=2.10" "setuptools>=77" wheel numpy
 
 WORKDIR /src
 COPY . .
