@@ -2,10 +2,15 @@
 the JSON / Markdown output.
 
 ``summarize`` and ``paired_ratio`` reduce timing samples; ``compute_ratios``
-(``STEP_RATIOS``) and ``evaluate_targets`` (``TARGETS``, PASS / MISS) compare
-methods measured in the same run; ``machine_info`` records what the numbers
-were taken on; ``to_markdown`` renders a result (the tables of
-docs/BENCHMARKS.md) and ``finish`` writes the files.
+(``STEP_RATIOS``) compares methods measured in the same run; ``machine_info``
+records what the numbers were taken on; ``to_markdown`` renders a result (the
+tables of docs/BENCHMARKS.md), ``machine_summary_lines`` says in a few lines
+what was measured on this machine, and ``finish`` writes the files.
+
+``evaluate_targets`` (``TARGETS``, PASS / MISS) checks the thresholds of the
+project's benchmark issue (docs/BENCHMARKS.md). They describe the development
+machine's goals, not the user's: the command reports them only with
+``--targets``.
 """
 
 import datetime
@@ -360,6 +365,8 @@ def to_markdown(res):
               f"{_f(st['median_ms'])} | {_f(st['p10_ms'])} | {_f(st['p90_ms'])} | {st['n']} | "
               f"{disp} |")
         w("")
+    if not res.get("targets"):
+        return "\n".join(lines)
     w("### Targets")
     w("")
     w("| target | workload | ratio | paired p10-p90 | threshold | result |")
@@ -384,9 +391,68 @@ def target_lines(targets):
     return out
 
 
+def _relative(ms, base_ms):
+    """'1.23x faster' / '1.23x slower' / 'same speed' of ms against base_ms."""
+    r = ms / base_ms
+    if abs(r - 1.0) < 0.005:
+        return "same speed"
+    return f"{1 / r:.2f}x faster" if r < 1 else f"{r:.2f}x slower"
+
+
+# Baselines of the summary: (method, how it is named).
+SUMMARY_BASELINES = (
+    ("tf_resource_apply_adam", "TF's C++ Adam kernel (ResourceApplyAdam)"),
+    ("keras_adam", "Keras Adam"),
+    ("keras_adam_xla", "Keras Adam + XLA"),
+    ("expectigrad_composite", "Expectigrad without the op (fused=False)"),
+)
+
+
+def machine_summary_lines(res):
+    """What this run measured, in words: per workload the median step time
+    of Expectigrad with its fused op and how it compares with the baselines
+    measured in the same run; per model the model.fit step times."""
+    rows = res["step"]
+    out = []
+    keys = []
+    for r in rows:
+        k = (r["dtype"], r["workload"], r["role"])
+        if k not in keys:
+            keys.append(k)
+    for dtype, label, role in keys:
+        fused = _find(rows, dtype, role, "expectigrad_fused")
+        if fused is None:
+            continue
+        ms = fused["stats"]["median_ms"]
+        parts = []
+        for method, name in SUMMARY_BASELINES:
+            b = _find(rows, dtype, role, method)
+            if b is not None:
+                rel = _relative(ms, b["stats"]["median_ms"])
+                parts.append(f"{'as fast as' if rel == 'same speed' else rel + ' than'} {name} "
+                             f"({b['stats']['median_ms']:.3g} ms)")
+        nv = fused["n_vars"]
+        out.append(f"{dtype} {label} ({nv} variable{'s' if nv != 1 else ''} x {fused['size']:,}): "
+                   f"Expectigrad {ms:.3g} ms per step (median); " + "; ".join(parts))
+    by_model = {}
+    for r in res.get("model", []):
+        by_model.setdefault(r["model"], {})[r["optimizer"]] = r
+    for model, opts in by_model.items():
+        if "expectigrad" in opts and "adam" in opts:
+            e, a = (opts[o]["stats"]["median_ms"] for o in ("expectigrad", "adam"))
+            out.append(f"model.fit {model} ({opts['expectigrad']['params']:,} parameters, batch "
+                       f"{opts['expectigrad']['batch']}): Expectigrad {e:.3g} ms per step, "
+                       f"Adam {a:.3g} ms: Expectigrad {_relative(e, a)}")
+    return out
+
+
 def finish(res, args, quick):
     """Writes ``args.out_json`` / ``args.out_md`` (either may be None) and
-    prints the Markdown and the target lines."""
+    prints the Markdown and a summary of this machine's numbers. The
+    targets (``evaluate_targets``) are kept, written and printed only with
+    ``args.targets``."""
+    if not getattr(args, "targets", False):
+        res = {k: v for k, v in res.items() if k != "targets"}
     md = to_markdown(res)
     for path, text in ((args.out_json, json.dumps(res, indent=1) + "\n"), (args.out_md, md + "\n")):
         if path:
@@ -395,10 +461,15 @@ def finish(res, args, quick):
             with open(path, "w") as f:
                 f.write(text)
     print("\n" + md, flush=True)
-    print("## targets" + (" (quick mode: small sizes, not the target workloads)"
-                          if quick else ""))
-    for line in target_lines(res["targets"]):
-        print(line)
+    print(f"## on this machine ({res['meta']['cpu_model']}"
+          + ("; quick mode: small sizes, few repeats, indicative only" if quick else "") + ")")
+    for line in machine_summary_lines(res):
+        print("- " + line)
+    if res.get("targets"):
+        print("## targets of the project's benchmark issue (docs/BENCHMARKS.md)"
+              + (" (quick mode: small sizes, not the target workloads)" if quick else ""))
+        for line in target_lines(res["targets"]):
+            print(line)
     written = [p for p in (args.out_json, args.out_md) if p]
     print("wrote " + (" and ".join(written) if written else "nothing"), flush=True)
     return res

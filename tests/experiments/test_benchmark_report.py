@@ -75,12 +75,37 @@ def test_ratios_targets_and_rerender(tmp_path, capsys):
     src = tmp_path / "in.json"
     src.write_text(json.dumps(res))
     md = tmp_path / "out.md"
+    # Default: this machine's numbers, no targets (they are the project's goals).
     out = cli.main(["--from-json", str(src), "--out-json", str(src), "--out-md", str(md)])
     assert json.loads(src.read_text()) == res  # never overwritten
+    assert "targets" not in out
     text = md.read_text()
     assert text == report.to_markdown(out) + "\n"
     assert "Command: `expectigrad-benchmark --quick`" in text
+    printed = capsys.readouterr().out
+    for word in ("PASS", "MISS", "SKIP", "target", "Target"):  # (the tmp path has "targets")
+        assert word not in text and word not in printed.replace(str(tmp_path), ""), word
+    assert f"wrote {md}" in printed
+    summary = [ln for ln in printed.splitlines() if ln.startswith("- ")]
+    assert summary == ["- " + ln for ln in report.machine_summary_lines(out)]
+    # Made-up times: fused 1.0 ms, ResourceApplyAdam 0.9, keras Adam 3.0 (1x1M);
+    # fused 1.0, keras Adam 10.0 (8x1K).
+    assert summary[0].startswith("- float32 1x1M (1 variable x 1,000,000): Expectigrad 1 ms")
+    assert f"{1.0 / 0.9:.2f}x slower than TF's C++ Adam kernel" in summary[0]
+    assert "3.00x faster than Keras Adam (3 ms)" in summary[0]
+    assert "10.00x faster than Keras Adam (10 ms)" in summary[1]
+
+    # --targets: the project's targets are evaluated and shown.
+    out = cli.main(["--from-json", str(src), "--out-json", "", "--out-md", str(md), "--targets"])
+    text = md.read_text()
+    assert text == report.to_markdown(out) + "\n"
     assert text.count("**PASS**") == 5 and text.count("**MISS**") == 1
     assert text.count("**SKIP**") == 2
     printed = capsys.readouterr().out
     assert "PASS fused_vs_composite" in printed and f"wrote {md}" in printed
+
+
+def test_relative_wording():
+    assert report._relative(1.0, 2.0) == "2.00x faster"
+    assert report._relative(3.0, 2.0) == "1.50x slower"
+    assert report._relative(1.0, 1.001) == "same speed"
