@@ -209,6 +209,16 @@ def main(out):
         facts["mismatch_error"] = str(e)
     facts["mismatch_unchanged"] = [float(np.abs(w.numpy()).sum()) for w in target.variables()]
 
+    # -- model.compile(jit_compile=True): the whole step inside XLA
+    for fused in (None, False):
+        m = fit_model(tf)
+        o = Expectigrad(learning_rate=0.02, fused=fused)
+        m.compile(optimizer=o, loss="mse", jit_compile=True)
+        loss = m.fit([ids, x], y, epochs=3, batch_size=32, shuffle=False, verbose=0)
+        facts[f"jit/{fused}/loss"] = loss.history["loss"]
+        facts[f"jit/{fused}/paths"] = {k: p for k, (p, _) in o.dispatch_report().items()}
+        arrays[f"jit/{fused}"] = np.concatenate([w.ravel() for w in m.get_weights()])
+
     # -- MirroredStrategy over two logical CPUs vs one device, same data
     def train(strategy):
         with strategy.scope():

@@ -176,6 +176,17 @@ def test_fit_trains_with_fused_and_sparse_paths(results):
     assert facts["fit_iterations"] == 5 * 4
 
 
+def test_fit_with_jit_compile_runs_the_fused_op_inside_xla(results):
+    _, facts, arrays = results
+    fused, composite = facts["jit/None/paths"], facts["jit/False/paths"]
+    for paths, dense in ((fused, "fused"), (composite, "composite-xla")):
+        embeddings = [k for k in paths if "embeddings" in k]
+        assert len(embeddings) == 1 and paths.pop(embeddings[0]) == "sparse"  # IndexedSlices
+        assert set(paths.values()) == {dense}
+    assert facts["jit/None/loss"][-1] < 0.7 * facts["jit/None/loss"][0]
+    np.testing.assert_allclose(arrays["jit/None"], arrays["jit/False"], rtol=1e-5, atol=1e-6)
+
+
 def test_saved_model_loads_without_custom_objects_and_resumes_exactly(results):
     out, facts, arrays = results
     _run("load", out)  # a fresh process that imports only TensorFlow (tf.keras)
