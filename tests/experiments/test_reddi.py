@@ -270,22 +270,26 @@ def test_replot_redraws_from_the_saved_files(quick_run, tmp_path):
 
 
 def test_coinciding_lines_stay_visible(tmp_path):
-    """Adam and RMSProp on exactly the same trajectory (as at the clip,
-    x = 1, in Figure 1): both colours are still in the picture."""
+    """Adam under RMSProp on exactly the same trajectory (as at the clip,
+    x = 1, in Figure 1): a good part of Adam's pixels stay visible (its
+    markers; with one plain line on top of another only its legend entry
+    would be left: about 8 % of the pixels it has when drawn alone)."""
     import matplotlib.colors as mcolors
     import matplotlib.pyplot as plt
 
     from expectigrad_experiments.report import COLORS
 
-    args = reddi.parse_args(["--steps", "1000", "--stoch-runs", "0",
-                             "--optimizers", "adam,rmsprop"])
-    steps = np.arange(0, 1001, 10)
-    xs = np.zeros((len(steps), 2, 1))
-    xs[:, :, 0] = np.minimum(steps / 500.0, 1.0)[:, None]  # identical lines
-    png = tmp_path / "reddi.png"
-    reddi.plot(str(png), args, steps, xs, np.full((2, 1), -1))
-    img = plt.imread(str(png))[..., :3]
-    for opt in ("adam", "rmsprop"):
-        rgb = np.array(mcolors.to_rgb(COLORS[opt]))
-        near = np.abs(img - rgb).max(axis=-1) < 0.08
-        assert near.sum() > 30, f"{opt}'s colour is hidden ({near.sum()} pixels)"
+    rgb = np.array(mcolors.to_rgb(COLORS["adam"]))
+    pixels = {}
+    for opts in ("adam", "adam,rmsprop"):
+        args = reddi.parse_args(["--steps", "1000", "--stoch-runs", "0", "--optimizers", opts])
+        n = len(args.optimizers)
+        steps = np.arange(0, 1001, 10)
+        xs = np.zeros((len(steps), n, 1))
+        xs[:, :, 0] = np.minimum(steps / 500.0, 1.0)[:, None]  # identical lines
+        png = tmp_path / f"{n}.png"
+        reddi.plot(str(png), args, steps, xs, np.full((n, 1), -1))
+        img = plt.imread(str(png))[..., :3]
+        pixels[opts] = int((np.abs(img - rgb).max(axis=-1) < 0.08).sum())
+    assert pixels["adam"] > 100
+    assert pixels["adam,rmsprop"] >= 0.15 * pixels["adam"], pixels
