@@ -2,9 +2,15 @@
 
 Both models take ``(source_ids, decoder_input_ids)`` (int32, ``0`` = padding)
 and return float32 logits ``[batch, target_length, vocab]``. For decoding
-they expose ``encode(src) -> memory`` (a dict of tensors) and
-``decode(memory, prefix) -> logits`` (the whole prefix is recomputed each
-step: no cache, simple and exact).
+they expose ``encode(src) -> memory`` (a dict of tensors),
+``decode(memory, prefix) -> logits`` (the whole prefix recomputed: the
+uncached reference) and, for incremental decoding,
+``start_decoding(memory) -> (context, cache)`` and
+``decode_step(context, cache, tokens, position) -> (logits [B, V], cache)``:
+the Transformer caches each decoder layer's self-attention keys/values (and
+computes the source's cross-attention keys/values once), the LSTM carries
+each layer's (h, c) state. Every cache tensor has the batch (or batch x beam)
+as its first axis, so beam search reorders it with one ``gather``.
 
 Hyperparameter sets (``HPARAMS``) follow the usual tensor2tensor sizes:
 ``transformer_tiny`` (2 layers, 128 units), ``transformer_small`` (2 x 256),
@@ -28,14 +34,19 @@ _COMMON = {
     "clip_norm": 0.0,  # global gradient clipping norm; 0 = none (tensor2tensor default)
     "vocab_size": 8192,  # target size of each subword vocabulary
 }
+# Transformer only: "pre" (x + F(LN(x)), a final LayerNorm on each stack: trains without
+# warm-up) or "post" (LN(x + F(x)), the original Transformer of Vaswani et al., 2017, and
+# tensor2tensor's first versions: no final LayerNorm).
+_TRANSFORMER = {"layer_norm": "pre"}
+LAYER_NORMS = ("pre", "post")
 
 HPARAMS = {
-    "transformer_tiny": dict(_COMMON, arch="transformer", layers=2, d_model=128, heads=4, ff=512,
+    "transformer_tiny": dict(_COMMON, **_TRANSFORMER, arch="transformer", layers=2, d_model=128, heads=4, ff=512,
                              attention_dropout=0.1, relu_dropout=0.1, tie_embeddings=True),
-    "transformer_small": dict(_COMMON, arch="transformer", layers=2, d_model=256, heads=4,
+    "transformer_small": dict(_COMMON, **_TRANSFORMER, arch="transformer", layers=2, d_model=256, heads=4,
                               ff=1024, attention_dropout=0.1, relu_dropout=0.1,
                               tie_embeddings=True),
-    "transformer_base": dict(_COMMON, arch="transformer", layers=6, d_model=512, heads=8,
+    "transformer_base": dict(_COMMON, **_TRANSFORMER, arch="transformer", layers=6, d_model=512, heads=8,
                              ff=2048, attention_dropout=0.1, relu_dropout=0.1,
                              tie_embeddings=True),
     "lstm": dict(_COMMON, arch="lstm", layers=4, d_model=1024, dropout=0.2,
@@ -83,6 +94,18 @@ def get_hparams(model_name, overrides=""):
     hp = parse_hparams(overrides, HPARAMS[model_name])
     if hp["arch"] == "transformer" and hp["d_model"] % hp["heads"]:
         raise ValueError(f"d_model={hp['d_model']} is not divisible by heads={hp['heads']}")
+    if hp["arch"] == "transformer" and hp["layer_norm"] not in LAYER_NORMS:
+        raise ValueError(f"hparam layer_norm={hp['layer_norm']!r}: expected one of {', '.join(LAYER_NORMS)}")
+    return hp
+
+
+def complete_hparams(saved):
+    """Hparams saved by an earlier version (``config.json``), completed with
+    the defaults of keys added since (``layer_norm`` -> ``"pre"``)."""
+    hp = dict(saved)
+    if hp.get("arch") == "transformer":
+        for key, value in _TRANSFORMER.items():
+            hp.setdefault(key, value)
     return hp
 
 
@@ -100,10 +123,11 @@ def _neg_inf(dtype):
 
 
 # ----------------------------------------------------------------- Transformer
-def positional_encoding(length, depth):
-    """Sinusoids, [length, depth], float32: sin on the first half, cos on the second."""
+def positional_encoding(length, depth, start=0):
+    """Sinusoids of positions ``start .. start + length - 1``, [length, depth],
+    float32: sin on the first half, cos on the second."""
     half = depth // 2
-    pos = ops.cast(ops.arange(length), "float32")[:, None]
+    pos = ops.cast(ops.arange(length) + start, "float32")[:, None]
     inv = ops.exp(ops.cast(ops.arange(half), "float32") * (-math.log(10000.0) / max(half - 1, 1)))
     angles = pos * inv[None, :]
     enc = ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
@@ -113,7 +137,11 @@ def positional_encoding(length, depth):
 
 
 class MultiHeadAttention(keras.layers.Layer):
-    """Scaled dot-product attention with ``heads`` heads; ``mask`` is boolean [B, 1|Tq, Tk]."""
+    """Scaled dot-product attention with ``heads`` heads; ``mask`` is boolean [B, 1|Tq, Tk].
+
+    ``keys_values(memory)`` and ``attend(x, k, v, mask)`` split ``call`` in
+    two so that incremental decoding can cache the projected keys and values.
+    """
 
     def __init__(self, d_model, heads, dropout, **kwargs):
         super().__init__(**kwargs)
@@ -130,18 +158,25 @@ class MultiHeadAttention(keras.layers.Layer):
         b, t = ops.shape(x)[0], ops.shape(x)[1]
         return ops.transpose(ops.reshape(x, (b, t, self.heads, self.depth)), (0, 2, 1, 3))
 
-    def call(self, x, memory, mask, training=False):
+    def keys_values(self, memory):
+        """Projected keys and values of ``memory``, each [B, heads, Tk, depth]."""
+        return self._split(self.wk(memory)), self._split(self.wv(memory))
+
+    def attend(self, x, k, v, mask=None, training=False):
         q = self._split(self.wq(x)) * (self.depth**-0.5)
-        k = self._split(self.wk(memory))
-        v = self._split(self.wv(memory))
         logits = ops.cast(ops.einsum("bhqd,bhkd->bhqk", q, k), "float32")
-        logits = ops.where(mask[:, None, :, :], logits, -1e9)
+        if mask is not None:
+            logits = ops.where(mask[:, None, :, :], logits, -1e9)
         weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
         weights = self.drop(weights, training=training)
         out = ops.einsum("bhqk,bhkd->bhqd", weights, v)
         b, t = ops.shape(out)[0], ops.shape(out)[2]
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (b, t, self.d_model))
         return self.wo(out)
+
+    def call(self, x, memory, mask, training=False):
+        k, v = self.keys_values(memory)
+        return self.attend(x, k, v, mask, training=training)
 
 
 class FeedForward(keras.layers.Layer):
@@ -155,27 +190,51 @@ class FeedForward(keras.layers.Layer):
         return self.w2(self.drop(self.w1(x), training=training))
 
 
-class EncoderLayer(keras.layers.Layer):
-    """Pre-norm: x + Drop(SelfAttn(LN(x))); x + Drop(FF(LN(x)))."""
+class _Sublayers(keras.layers.Layer):
+    """Residual sub-layers with pre-norm ``x + Drop(F(LN(x)))`` or post-norm
+    ``LN(x + Drop(F(x)))`` (``hp["layer_norm"]``)."""
 
     def __init__(self, hp, **kwargs):
         super().__init__(**kwargs)
+        self.post = hp.get("layer_norm", "pre") == "post"
+        self.drop = keras.layers.Dropout(hp["dropout"])
+
+    def _in(self, ln, x):
+        return x if self.post else ln(x)
+
+    def _out(self, ln, x, y, training):
+        x = x + self.drop(y, training=training)
+        return ln(x) if self.post else x
+
+
+class EncoderLayer(_Sublayers):
+    """Self-attention then feed-forward, each a residual sub-layer."""
+
+    def __init__(self, hp, **kwargs):
+        super().__init__(hp, **kwargs)
         d = hp["d_model"]
         self.ln1 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_attn")
         self.attn = MultiHeadAttention(d, hp["heads"], hp["attention_dropout"], name="self_attention")
         self.ln2 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_ff")
         self.ff = FeedForward(d, hp["ff"], hp["relu_dropout"], name="ff")
-        self.drop = keras.layers.Dropout(hp["dropout"])
 
     def call(self, x, mask, training=False):
-        h = self.ln1(x)
-        x = x + self.drop(self.attn(h, h, mask, training=training), training=training)
-        return x + self.drop(self.ff(self.ln2(x), training=training), training=training)
+        h = self._in(self.ln1, x)
+        x = self._out(self.ln1, x, self.attn(h, h, mask, training=training), training)
+        h = self._in(self.ln2, x)
+        return self._out(self.ln2, x, self.ff(h, training=training), training)
 
 
-class DecoderLayer(keras.layers.Layer):
+class DecoderLayer(_Sublayers):
+    """Causal self-attention, cross-attention, feed-forward.
+
+    ``step`` runs one position given the cached self-attention keys/values of
+    the earlier positions (and the cross-attention keys/values of the source,
+    computed once); it returns the new position's output and the grown cache.
+    """
+
     def __init__(self, hp, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(hp, **kwargs)
         d = hp["d_model"]
         self.ln1 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_self")
         self.self_attn = MultiHeadAttention(d, hp["heads"], hp["attention_dropout"], name="self_attention")
@@ -183,18 +242,34 @@ class DecoderLayer(keras.layers.Layer):
         self.cross_attn = MultiHeadAttention(d, hp["heads"], hp["attention_dropout"], name="cross_attention")
         self.ln3 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_ff")
         self.ff = FeedForward(d, hp["ff"], hp["relu_dropout"], name="ff")
-        self.drop = keras.layers.Dropout(hp["dropout"])
 
     def call(self, x, memory, self_mask, cross_mask, training=False):
-        h = self.ln1(x)
-        x = x + self.drop(self.self_attn(h, h, self_mask, training=training), training=training)
-        h = self.ln2(x)
-        x = x + self.drop(self.cross_attn(h, memory, cross_mask, training=training), training=training)
-        return x + self.drop(self.ff(self.ln3(x), training=training), training=training)
+        h = self._in(self.ln1, x)
+        x = self._out(self.ln1, x, self.self_attn(h, h, self_mask, training=training), training)
+        h = self._in(self.ln2, x)
+        x = self._out(self.ln2, x, self.cross_attn(h, memory, cross_mask, training=training), training)
+        h = self._in(self.ln3, x)
+        return self._out(self.ln3, x, self.ff(h, training=training), training)
+
+    def step(self, x, cache_k, cache_v, cross_k, cross_v, cross_mask):
+        """x [B, 1, d]; cache_k/v [B, heads, t, depth] -> (out [B, 1, d], k, v with t + 1)."""
+        h = self._in(self.ln1, x)
+        k, v = self.self_attn.keys_values(h)
+        k = ops.concatenate([cache_k, k], axis=2)
+        v = ops.concatenate([cache_v, v], axis=2)
+        x = self._out(self.ln1, x, self.self_attn.attend(h, k, v), False)
+        h = self._in(self.ln2, x)
+        x = self._out(self.ln2, x, self.cross_attn.attend(h, cross_k, cross_v, cross_mask), False)
+        h = self._in(self.ln3, x)
+        return self._out(self.ln3, x, self.ff(h), False), k, v
 
 
 class Transformer(keras.Model):
-    """Encoder-decoder Transformer (pre-norm, sinusoidal positions, tied target softmax)."""
+    """Encoder-decoder Transformer (sinusoidal positions, tied target softmax).
+
+    ``hp["layer_norm"]``: ``"pre"`` (default; a final LayerNorm closes each
+    stack) or ``"post"`` (the original Transformer; no final LayerNorm).
+    """
 
     def __init__(self, hp, src_vocab_size, tgt_vocab_size, **kwargs):
         super().__init__(**kwargs)
@@ -205,14 +280,17 @@ class Transformer(keras.Model):
         self.tgt_embed = keras.layers.Embedding(tgt_vocab_size, d, embeddings_initializer=init, name="tgt_embedding")
         self.enc_layers = [EncoderLayer(hp, name=f"encoder_{i}") for i in range(hp["layers"])]
         self.dec_layers = [DecoderLayer(hp, name=f"decoder_{i}") for i in range(hp["layers"])]
-        self.enc_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="encoder_norm")
-        self.dec_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="decoder_norm")
+        if hp.get("layer_norm", "pre") == "post":
+            self.enc_norm = self.dec_norm = None
+        else:
+            self.enc_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="encoder_norm")
+            self.dec_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="decoder_norm")
         self.drop = keras.layers.Dropout(hp["dropout"])
         self.out_proj = None if hp["tie_embeddings"] else keras.layers.Dense(tgt_vocab_size, name="softmax")
 
-    def _embed(self, layer, ids, training):
+    def _embed(self, layer, ids, training, start=0):
         x = layer(ids) * ops.cast(self.hp["d_model"] ** 0.5, layer.compute_dtype)
-        pe = positional_encoding(ops.shape(ids)[1], self.hp["d_model"])
+        pe = positional_encoding(ops.shape(ids)[1], self.hp["d_model"], start)
         x = x + ops.cast(pe, x.dtype)[None]
         return self.drop(x, training=training)
 
@@ -222,7 +300,19 @@ class Transformer(keras.Model):
         x = self._embed(self.src_embed, src, training)
         for layer in self.enc_layers:
             x = layer(x, mask, training=training)
-        return {"memory": self.enc_norm(x), "src_valid": valid}
+        if self.enc_norm is not None:
+            x = self.enc_norm(x)
+        return {"memory": x, "src_valid": valid}
+
+    def _logits(self, x):
+        if self.dec_norm is not None:
+            x = self.dec_norm(x)
+        if self.out_proj is None:
+            emb = ops.cast(self.tgt_embed.embeddings, x.dtype)
+            logits = ops.einsum("btd,vd->btv", x, emb)
+        else:
+            logits = self.out_proj(x)
+        return ops.cast(logits, "float32")
 
     def decode(self, memory, tgt_in, training=False):
         t = ops.shape(tgt_in)[1]
@@ -231,13 +321,32 @@ class Transformer(keras.Model):
         x = self._embed(self.tgt_embed, tgt_in, training)
         for layer in self.dec_layers:
             x = layer(x, memory["memory"], causal, cross, training=training)
-        x = self.dec_norm(x)
-        if self.out_proj is None:
-            emb = ops.cast(self.tgt_embed.embeddings, x.dtype)
-            logits = ops.einsum("btd,vd->btv", x, emb)
-        else:
-            logits = self.out_proj(x)
-        return ops.cast(logits, "float32")
+        return self._logits(x)
+
+    # ------------------------------------------------ incremental decoding
+    def start_decoding(self, memory):
+        """(context, cache) for ``decode_step``: the context holds each layer's
+        cross-attention keys/values of the source (computed once), the cache
+        each layer's self-attention keys/values, empty at first."""
+        context = {"cross_mask": memory["src_valid"][:, None, :]}
+        cache = {}
+        batch = ops.shape(memory["memory"])[0]
+        dtype = self.tgt_embed.compute_dtype
+        for i, layer in enumerate(self.dec_layers):
+            context[f"k{i}"], context[f"v{i}"] = layer.cross_attn.keys_values(memory["memory"])
+            empty = ops.zeros((batch, layer.self_attn.heads, 0, layer.self_attn.depth), dtype=dtype)
+            cache[f"k{i}"], cache[f"v{i}"] = empty, empty
+        return context, cache
+
+    def decode_step(self, context, cache, tokens, position):
+        """Logits [B, V] (float32) of the token after ``tokens`` [B] at ``position``, and the new cache."""
+        x = self._embed(self.tgt_embed, tokens[:, None], False, start=position)
+        new = {}
+        for i, layer in enumerate(self.dec_layers):
+            x, new[f"k{i}"], new[f"v{i}"] = layer.step(
+                x, cache[f"k{i}"], cache[f"v{i}"], context[f"k{i}"], context[f"v{i}"],
+                context["cross_mask"])
+        return self._logits(x)[:, 0], new
 
     def call(self, inputs, training=False):
         src, tgt_in = inputs
@@ -280,11 +389,7 @@ class LSTMSeq2Seq(keras.Model):
         memory["memory"] = x
         return memory
 
-    def decode(self, memory, tgt_in, training=False):
-        x = self.drop(self.tgt_embed(tgt_in), training=training)
-        for i, lstm in enumerate(self.dec_lstms):
-            x, _, _ = lstm(x, initial_state=[memory[f"h{i}"], memory[f"c{i}"]], training=training)
-            x = self.drop(x, training=training)
+    def _attention_output(self, memory, x, training):
         enc = memory["memory"]
         scores = ops.cast(ops.einsum("btd,bsd->bts", self.attn_w(x), enc), "float32")
         scores = ops.where(memory["src_valid"][:, None, :], scores, -1e9)
@@ -293,6 +398,32 @@ class LSTMSeq2Seq(keras.Model):
         out = self.attn_out(ops.concatenate([context, x], axis=-1))
         out = self.drop(out, training=training)
         return ops.cast(self.softmax(out), "float32")
+
+    def decode(self, memory, tgt_in, training=False):
+        x = self.drop(self.tgt_embed(tgt_in), training=training)
+        for i, lstm in enumerate(self.dec_lstms):
+            x, _, _ = lstm(x, initial_state=[memory[f"h{i}"], memory[f"c{i}"]], training=training)
+            x = self.drop(x, training=training)
+        return self._attention_output(memory, x, training)
+
+    # ------------------------------------------------ incremental decoding
+    def start_decoding(self, memory):
+        """(context, cache): the cache is each decoder layer's (h, c), starting
+        from the encoder's final states."""
+        context = {"memory": memory["memory"], "src_valid": memory["src_valid"]}
+        cache = {}
+        for i in range(len(self.dec_lstms)):
+            cache[f"h{i}"], cache[f"c{i}"] = memory[f"h{i}"], memory[f"c{i}"]
+        return context, cache
+
+    def decode_step(self, context, cache, tokens, position):
+        """Logits [B, V] of the token after ``tokens`` [B], carrying each layer's state one step."""
+        del position  # the state carries it
+        x = self.tgt_embed(tokens)
+        new = {}
+        for i, lstm in enumerate(self.dec_lstms):
+            x, (new[f"h{i}"], new[f"c{i}"]) = lstm.cell(x, [cache[f"h{i}"], cache[f"c{i}"]], training=False)
+        return self._attention_output(context, x[:, None], False)[:, 0], new
 
     def call(self, inputs, training=False):
         src, tgt_in = inputs
