@@ -27,6 +27,10 @@ Outputs in ``--output-dir``: ``config.json``, ``vocab.src.subwords`` /
 ``vocab.tgt.subwords``, ``checkpoints/``, ``tb/`` (TensorBoard),
 ``eval.json``, ``decodes/step_N.txt`` and, for the synthetic problem,
 ``data/`` (the corpus as text).
+
+Subcommands (``inference.py``): ``decode`` (translate a file with a run),
+``export`` (SavedModel + vocabularies + ``serving.py``) and
+``benchmark-decode``; ``train`` or no subcommand trains.
 """
 
 import argparse
@@ -50,7 +54,7 @@ from . import decoding, models  # noqa: E402
 __all__ = ["main", "run", "build_parser", "parse_args", "Trainer"]
 
 # Hparams that fix the shapes of the weights: a resumed run must keep them.
-_SHAPE_HPARAMS = ("arch", "layers", "d_model", "heads", "ff", "tie_embeddings", "vocab_size")
+_SHAPE_HPARAMS = ("arch", "layers", "d_model", "heads", "ff", "tie_embeddings", "vocab_size", "layer_norm")
 SYNTHETIC_VOCAB_SIZE = 1024
 
 
@@ -58,7 +62,11 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="expectigrad-translate",
         description="Train a Transformer/LSTM translation model with Expectigrad or a baseline; "
-        "checkpoints, resume, BLEU at each checkpoint.",
+        "checkpoints, resume, BLEU at each checkpoint. Other commands: "
+        "'expectigrad-translate decode --output-dir RUN --input FILE' translates a file, "
+        "'expectigrad-translate export --output-dir RUN --export-dir DIR' writes a SavedModel, "
+        "'expectigrad-translate benchmark-decode' times cached decoding (each has --help); "
+        "'expectigrad-translate train ARGS' is the same as 'expectigrad-translate ARGS'.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = p.add_argument_group("data")
@@ -280,10 +288,11 @@ class Trainer:
         if has_checkpoint and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 old = json.load(f)
+            old_hp = models.complete_hparams(old.get("hparams", {}))
             for key in _SHAPE_HPARAMS:
-                if old.get("hparams", {}).get(key) != self.hp.get(key):
+                if old_hp.get(key) != self.hp.get(key):
                     raise SystemExit(
-                        f"{self.out} holds a run with {key}={old['hparams'].get(key)!r}, "
+                        f"{self.out} holds a run with {key}={old_hp.get(key)!r}, "
                         f"this one has {key}={self.hp.get(key)!r}: use another --output-dir")
             for key in ("problem", "optimizer", "train_src", "seed"):
                 if old["args"].get(key) != config["args"].get(key):
@@ -486,8 +495,23 @@ def run(argv=None):
     return Trainer(args).setup().train()
 
 
+SUBCOMMANDS = ("train", "decode", "export", "benchmark-decode")
+
+
 def main(argv=None):
-    """Console-script entry point; returns the exit status."""
+    """Console-script entry point; returns the exit status.
+
+    ``expectigrad-translate [train] ARGS`` trains (no subcommand = train, as
+    before subcommands existed); ``decode``, ``export`` and
+    ``benchmark-decode`` are in ``inference.py``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS[1:]:
+        from . import inference
+
+        return inference.COMMANDS[argv[0]](argv[1:])
+    if argv and argv[0] == "train":
+        argv = argv[1:]
     run(argv)
     return 0
 
