@@ -60,6 +60,16 @@ def test_expectigrad_resolves_to_the_tf_keras_class_with_legacy_keras(results):
     assert facts["subclass"]
 
 
+def test_worker_import_keeps_the_environment():
+    # TF_USE_LEGACY_KERAS set in this process would turn tf.keras and
+    # expectigrad_tf.Expectigrad into tf_keras for the rest of the suite.
+    import importlib
+
+    before = dict(os.environ)
+    importlib.reload(worker)
+    assert dict(os.environ) == before
+
+
 def test_resolution_rule_is_tensorflows(monkeypatch):
     import expectigrad_tf
 
