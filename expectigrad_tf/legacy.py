@@ -92,6 +92,9 @@ class Expectigrad(tf_keras.optimizers.Optimizer):
             gradients (slot ``count``); if False, ``n = t``.
         fused: None (default): the fused op where possible; True: require it;
             False: never.
+        lazy_sparse: False (default): a ``tf.IndexedSlices`` gradient gives
+            Algorithm 1's exact update; True: only its rows of every slot and
+            of the variable change (see the Keras 3 class).
         weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
         ema_momentum, ema_overwrite_frequency, jit_compile, name: as for every
             ``tf_keras`` optimizer. ``jit_compile`` (effective only when a GPU
@@ -104,8 +107,6 @@ class Expectigrad(tf_keras.optimizers.Optimizer):
     float16/bfloat16 variables, otherwise of the variable's dtype.
     """
 
-    lazy_sparse = False  # read by the shared sparse path and dispatch
-
     def __init__(
         self,
         learning_rate=1e-3,
@@ -113,6 +114,7 @@ class Expectigrad(tf_keras.optimizers.Optimizer):
         epsilon=1e-8,
         sparse_counter=True,
         fused=None,
+        lazy_sparse=False,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -127,6 +129,7 @@ class Expectigrad(tf_keras.optimizers.Optimizer):
         learning_rate, beta, epsilon, sparse_counter = _k3.check_arguments(
             learning_rate, beta, epsilon, sparse_counter)
         fused = _k3.check_fused(fused)
+        lazy_sparse = _k3._check_bool("lazy_sparse", lazy_sparse, TypeError)
         super().__init__(
             name=name,
             weight_decay=weight_decay,
@@ -144,6 +147,7 @@ class Expectigrad(tf_keras.optimizers.Optimizer):
         self.epsilon = epsilon
         self.sparse_counter = sparse_counter
         self.fused = fused
+        self.lazy_sparse = lazy_sparse
         self._dispatch_log = self._no_dependency({})
         self._dispatch_lock = threading.Lock()
         self._step_ok = None  # the shared code gates writes with it (Keras 3 under XLA)
@@ -279,6 +283,7 @@ class Expectigrad(tf_keras.optimizers.Optimizer):
             "epsilon": self.epsilon,
             "sparse_counter": self.sparse_counter,
             "fused": self.fused,
+            "lazy_sparse": self.lazy_sparse,
         })
         return config
 

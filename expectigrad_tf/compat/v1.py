@@ -65,6 +65,9 @@ class ExpectigradOptimizer(tf.compat.v1.train.Optimizer):
             locks; the sparse path uses resource scatter ops.
         name: Name of the slots' and step's scope. Defaults to
             ``"Expectigrad"``.
+        lazy_sparse: (keyword only) False (default): a ``tf.IndexedSlices``
+            gradient gives Algorithm 1's exact update; True: only its rows of
+            every slot and of the variable change, as in the Keras 3 class.
 
     Slots (``get_slot(var, name)``): ``"sum"``, ``"count"`` (if
     ``sparse_counter``), ``"momentum"`` (if ``beta > 0``); ``sum``/``count``
@@ -77,11 +80,10 @@ class ExpectigradOptimizer(tf.compat.v1.train.Optimizer):
         ValueError: an argument is invalid (the message names it and its value).
     """
 
-    lazy_sparse = False  # read by the shared sparse path and dispatch
-    fused = None          # use the fused op where possible
+    fused = None  # the fused op where possible (read by the shared dispatch)
 
     def __init__(self, learning_rate=0.001, beta=0.9, epsilon=1e-8, sparse_counter=True,
-                 use_locking=False, name="Expectigrad"):
+                 use_locking=False, name="Expectigrad", *, lazy_sparse=False):
         if isinstance(learning_rate, (str, bytes, bool)) or not (
                 isinstance(learning_rate, (numbers.Real, np.ndarray, tf.Variable))
                 or tf.is_tensor(learning_rate) or callable(learning_rate)):
@@ -91,6 +93,7 @@ class ExpectigradOptimizer(tf.compat.v1.train.Optimizer):
         try:
             learning_rate, beta, epsilon, sparse_counter = _k3.check_arguments(
                 learning_rate, beta, epsilon, sparse_counter)
+            lazy_sparse = _k3._check_bool("lazy_sparse", lazy_sparse, TypeError)
         except TypeError as e:  # wrong type: a ValueError here, like a wrong value
             raise ValueError(str(e)) from None
         if not isinstance(use_locking, (bool, np.bool_)):
@@ -103,6 +106,7 @@ class ExpectigradOptimizer(tf.compat.v1.train.Optimizer):
         self.beta = beta
         self.epsilon = epsilon
         self.sparse_counter = sparse_counter
+        self.lazy_sparse = lazy_sparse
         self._lr = None
         self._index = {}  # variable key -> order, for dispatch_report()
         self._dispatch_log = {}

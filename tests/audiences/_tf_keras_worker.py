@@ -123,9 +123,9 @@ def main(out):
 
     # -- exactness, sparse: IndexedSlices from tf.gather, duplicates summed
     table0 = np.arange(30, dtype=np.float64).reshape(10, 3) / 7.0 - 2.0
-    for beta in (0.9, 0.0):
+    for beta, lazy in ((0.9, False), (0.0, False), (0.9, True)):
         table = tf.Variable(table0.copy())
-        opt = Expectigrad(learning_rate=LR, beta=beta)
+        opt = Expectigrad(learning_rate=LR, beta=beta, lazy_sparse=lazy)
 
         @tf.function
         def sstep(idx, vals, opt=opt, table=table):
@@ -137,11 +137,12 @@ def main(out):
 
         for idx, vals in sparse_steps():
             facts["sparse_is_indexed_slices"] = bool(sstep(tf.constant(idx), tf.constant(vals)))
-        arrays[f"sparse/{beta}"] = table.numpy()
+        key = f"{beta}-lazy" if lazy else str(beta)
+        arrays[f"sparse/{key}"] = table.numpy()
         s, n, _ = opt._slots_for(table)
-        arrays[f"sparse/{beta}/sum"] = s.numpy()
-        arrays[f"sparse/{beta}/count"] = n.numpy()
-        facts.setdefault("sparse_paths", {})[str(beta)] = sorted(
+        arrays[f"sparse/{key}/sum"] = s.numpy()
+        arrays[f"sparse/{key}/count"] = n.numpy()
+        facts.setdefault("sparse_paths", {})[key] = sorted(
             {p for p, _ in opt.dispatch_report().values()})
 
     # -- slots of a float16 variable
@@ -155,12 +156,14 @@ def main(out):
     facts["config"] = {k: v for k, v in Expectigrad(
         learning_rate=0.25, beta=0.5, epsilon=1e-6, sparse_counter=False, fused=False,
         clipnorm=1.0).get_config().items() if k in (
-            "learning_rate", "beta", "epsilon", "sparse_counter", "fused", "clipnorm", "name")}
+            "learning_rate", "beta", "epsilon", "sparse_counter", "fused", "lazy_sparse",
+            "clipnorm", "name")}
     restored = Expectigrad.from_config(Expectigrad(beta=0.5, fused=False).get_config())
     facts["from_config"] = [type(restored).__name__, restored.beta, restored.fused]
     errors = {}
     for kw in ({"beta": 1.0}, {"beta": -0.1}, {"epsilon": 0.0}, {"learning_rate": -1.0},
-               {"learning_rate": float("nan")}, {"fused": "yes"}, {"sparse_counter": 1}):
+               {"learning_rate": float("nan")}, {"fused": "yes"}, {"sparse_counter": 1},
+               {"lazy_sparse": "no"}):
         try:
             Expectigrad(**kw)
             errors[repr(kw)] = None

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from expectigrad_tf import _ops
 from expectigrad_tf.compat.v1 import ExpectigradOptimizer
-from expectigrad_tf.reference import ExpectigradNumpy
+from expectigrad_tf.reference import ExpectigradNumpy, LazySparseExpectigradNumpy
 
 v1 = tf.compat.v1
 LR = 0.01  # a Python float: float64 variables get it in float64
@@ -168,6 +168,34 @@ def test_eager_apply_gradients_dense_and_sparse_equal_reference(beta):
     assert [p for p, _ in sopt.dispatch_report().values()] == ["sparse"]
 
 
+def test_lazy_sparse_session_and_eager_equal_the_lazy_reference():
+    ref = LazySparseExpectigradNumpy(X0, lr=LR, beta=0.9)
+    for idx, vals in _sparse_steps():
+        ref.step(idx, vals)
+    with tf.Graph().as_default():
+        e = v1.get_variable("e", initializer=X0, use_resource=True)
+        idx_in = v1.placeholder(tf.int32, [None])
+        vals_in = v1.placeholder(tf.float64, [None, 2])
+        opt = ExpectigradOptimizer(LR, lazy_sparse=True)
+        train = opt.minimize(tf.reduce_sum(tf.gather(e, idx_in) * vals_in))
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            for idx, vals in _sparse_steps():
+                sess.run(train, {idx_in: idx, vals_in: vals})
+            graph_x = sess.run(e)
+    assert [p for p, _ in opt.dispatch_report().values()] == ["sparse-lazy"]
+    e = tf.Variable(X0)
+    eager = ExpectigradOptimizer(LR, lazy_sparse=True)
+    for idx, vals in _sparse_steps():
+        eager.apply_gradients([(tf.IndexedSlices(tf.constant(vals), tf.constant(idx)), e)])
+    for x in (graph_x, e.numpy()):
+        np.testing.assert_allclose(x, ref.x, rtol=1e-10)
+    exact = ExpectigradNumpy(X0, lr=LR)
+    for idx, vals in _sparse_steps():
+        exact.step(_densify(idx, vals))
+    assert not np.allclose(ref.x, exact.x, rtol=1e-6)  # the two semantics differ here
+
+
 def test_tf_function_apply_gradients_equals_reference():
     w, e = tf.Variable(X0), tf.Variable(X0)
     opt = ExpectigradOptimizer(LR)
@@ -221,6 +249,7 @@ def test_float16_variable_has_float32_state():
     ({"epsilon": 0.0}, "epsilon"),
     ({"epsilon": 1e-60}, "epsilon"),
     ({"sparse_counter": 1}, "sparse_counter"),
+    ({"lazy_sparse": "yes"}, "lazy_sparse"),
     ({"use_locking": "no"}, "use_locking"),
     ({"name": ""}, "name"),
 ])

@@ -25,7 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import _tf_keras_worker as worker  # noqa: E402  (no TensorFlow at import)
 
-from expectigrad_tf.reference import ExpectigradNumpy, online_gradient  # noqa: E402
+from expectigrad_tf.reference import (  # noqa: E402
+    ExpectigradNumpy, LazySparseExpectigradNumpy, online_gradient)
 
 
 def _run(mode, out):
@@ -156,6 +157,19 @@ def test_sparse_gather_gradient_equals_reference(results, beta):
     np.testing.assert_array_equal(arrays[f"sparse/{beta}"][~touched], table0[~touched])
 
 
+def test_lazy_sparse_equals_the_lazy_reference(results):
+    _, facts, arrays = results
+    assert facts["sparse_paths"]["0.9-lazy"] == ["sparse-lazy"]
+    table0 = np.arange(30, dtype=np.float64).reshape(10, 3) / 7.0 - 2.0
+    ref = LazySparseExpectigradNumpy(table0, lr=worker.LR, beta=0.9)
+    for idx, vals in worker.sparse_steps():
+        ref.step(idx, vals)
+    np.testing.assert_allclose(arrays["sparse/0.9-lazy"], ref.x, rtol=1e-10)
+    np.testing.assert_allclose(arrays["sparse/0.9-lazy/sum"], ref.s, rtol=1e-10)
+    # and differs from the exact update (momentum of rows not given does not decay)
+    assert not np.allclose(arrays["sparse/0.9-lazy"], arrays["sparse/0.9"], rtol=1e-6)
+
+
 def test_float16_variable_has_float32_state(results):
     _, facts, _ = results
     assert facts["float16_slot_dtypes"] == ["float32", "float32", "float16"]
@@ -166,7 +180,7 @@ def test_arguments_config_and_errors(results):
     _, facts, _ = results
     assert facts["config"] == {"name": "Expectigrad", "clipnorm": 1.0, "learning_rate": 0.25,
                                "beta": 0.5, "epsilon": 1e-06, "sparse_counter": False,
-                               "fused": False}
+                               "fused": False, "lazy_sparse": False}
     assert facts["from_config"] == ["Expectigrad", 0.5, False]
     errors = facts["errors"]
     assert all(errors.values()), errors
