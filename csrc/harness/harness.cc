@@ -16,65 +16,96 @@ namespace py = pybind11;
 
 namespace {
 
-template <typename S>
-S* data_of(py::handle obj, const char* what, size_t i, py::ssize_t size) {
-  auto arr = py::reinterpret_borrow<py::array>(obj);
-  if (!py::isinstance<py::array_t<S>>(obj) || !(arr.flags() & py::array::c_style) ||
-      !arr.writeable())
-    throw py::value_error(std::string(what) + "[" + std::to_string(i) +
-                          "] must be a writeable C-contiguous array of the "
-                          "state dtype");
-  if (arr.size() != size)
-    throw py::value_error(std::string(what) + "[" + std::to_string(i) +
-                          "] has " + std::to_string(arr.size()) +
-                          " elements, var has " + std::to_string(size));
-  return static_cast<S*>(arr.mutable_data());
+std::string type_name(py::handle obj) {
+  return py::str(py::type::handle_of(obj).attr("__name__"));
+}
+
+std::string label(const char* what, size_t i) {
+  return std::string(what) + "[" + std::to_string(i) + "]";
+}
+
+// The items of a list/tuple argument, or a TypeError naming it.
+std::vector<py::handle> as_list(py::handle obj, const char* what) {
+  if (!py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj))
+    throw py::type_error(std::string(what) + " must be a list of NumPy arrays, got " +
+                         type_name(obj));
+  std::vector<py::handle> out;
+  for (auto v : py::reinterpret_borrow<py::sequence>(obj)) out.push_back(v);
+  return out;
+}
+
+// An item as an array: its type is checked before anything is read from it.
+py::array as_array(py::handle obj, const std::string& name) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(name + " must be a NumPy array, got " + type_name(obj));
+  return py::reinterpret_borrow<py::array>(obj);
 }
 
 template <typename S>
-void apply_typed(const py::list& var, const py::list& sum, const py::object& count,
-                 const py::object& mom, const py::list& grad, double lr,
-                 double beta, double eps, int64_t step) {
-  const size_t n = var.size();
-  if (sum.size() != n || grad.size() != n)
-    throw py::value_error("var, sum and grad must be lists of equal length");
-  const bool has_cnt = !count.is_none(), has_mom = !mom.is_none();
-  py::list cnt = has_cnt ? py::list(count) : py::list();
-  py::list mo = has_mom ? py::list(mom) : py::list();
-  if ((has_cnt && cnt.size() != n) || (has_mom && mo.size() != n))
-    throw py::value_error("count and momentum must be None or lists like var");
+S* data_of(py::handle obj, const std::string& name, py::ssize_t size) {
+  const py::array arr = as_array(obj, name);
+  if (!py::isinstance<py::array_t<S>>(obj) || !(arr.flags() & py::array::c_style) ||
+      !arr.writeable())
+    throw py::value_error(name + " must be a writeable C-contiguous array of the "
+                          "state dtype");
+  if (arr.size() != size)
+    throw py::value_error(name + " has " + std::to_string(arr.size()) +
+                          " elements, var has " + std::to_string(size));
+  return static_cast<S*>(const_cast<void*>(arr.data()));
+}
+
+template <typename S>
+void apply_typed(const std::vector<py::handle>& var, const std::vector<py::handle>& sum,
+                 const std::vector<py::handle>* cnt, const std::vector<py::handle>* mom,
+                 const std::vector<py::handle>& grad, double lr, double beta,
+                 double eps, int64_t step) {
   std::vector<expectigrad::TensorChunk<S, S>> chunks;
-  for (size_t i = 0; i < n; ++i) {
-    auto v = py::reinterpret_borrow<py::array>(var[i]);
-    const py::ssize_t size = v.size();
+  for (size_t i = 0; i < var.size(); ++i) {
+    const py::ssize_t size = as_array(var[i], label("var", i)).size();
     expectigrad::TensorChunk<S, S> c;
-    c.var = data_of<S>(var[i], "var", i, size);
-    c.sum = data_of<S>(sum[i], "sum", i, size);
-    c.cnt = has_cnt ? data_of<S>(cnt[i], "count", i, size) : nullptr;
-    c.mom = has_mom ? data_of<S>(mo[i], "momentum", i, size) : nullptr;
-    c.grad = data_of<S>(grad[i], "grad", i, size);
+    c.var = data_of<S>(var[i], label("var", i), size);
+    c.sum = data_of<S>(sum[i], label("sum", i), size);
+    c.cnt = cnt ? data_of<S>((*cnt)[i], label("count", i), size) : nullptr;
+    c.mom = mom ? data_of<S>((*mom)[i], label("momentum", i), size) : nullptr;
+    c.grad = data_of<S>(grad[i], label("grad", i), size);
     c.size = size;
     chunks.push_back(c);
   }
   const expectigrad::MultiTensorPlan<S, S> plan(std::move(chunks));
-  const auto p = expectigrad::make_step_scalars<S>(lr, has_mom ? beta : 0.0, eps, step);
+  const auto p = expectigrad::make_step_scalars<S>(lr, mom ? beta : 0.0, eps, step);
   py::gil_scoped_release release;
   plan.run(0, plan.total(), p);
 }
 
-void apply_cpu(const py::list& var, const py::list& sum, const py::object& count,
-               const py::object& mom, const py::list& grad, double lr, double beta,
-               double eps, int64_t step) {
-  if (var.size() == 0) return;
+void apply_cpu(const py::object& var_obj, const py::object& sum_obj,
+               const py::object& count, const py::object& mom_obj,
+               const py::object& grad_obj, double lr, double beta, double eps,
+               int64_t step) {
+  // Argument types first (TypeError naming the argument), then lengths.
+  const auto var = as_list(var_obj, "var"), sum = as_list(sum_obj, "sum"),
+             grad = as_list(grad_obj, "grad");
+  const bool has_cnt = !count.is_none(), has_mom = !mom_obj.is_none();
+  std::vector<py::handle> cnt, mom;
+  if (has_cnt) cnt = as_list(count, "count");
+  if (has_mom) mom = as_list(mom_obj, "momentum");
+  const size_t n = var.size();
+  if (sum.size() != n || grad.size() != n)
+    throw py::value_error("var, sum and grad must be lists of equal length");
+  if ((has_cnt && cnt.size() != n) || (has_mom && mom.size() != n))
+    throw py::value_error("count and momentum must be None or lists like var");
+  if (n == 0) return;
   if (!(lr >= 0) || !(beta >= 0 && beta < 1) || !(eps > 0) || step < 1)
     throw py::value_error("need lr >= 0, 0 <= beta < 1, epsilon > 0, step >= 1");
-  auto first = py::reinterpret_borrow<py::array>(var[0]);
+  const py::array first = as_array(var[0], "var[0]");
+  const auto* c = has_cnt ? &cnt : nullptr;
+  const auto* m = has_mom ? &mom : nullptr;
   if (py::isinstance<py::array_t<float>>(first))
-    apply_typed<float>(var, sum, count, mom, grad, lr, beta, eps, step);
+    apply_typed<float>(var, sum, c, m, grad, lr, beta, eps, step);
   else if (py::isinstance<py::array_t<double>>(first))
-    apply_typed<double>(var, sum, count, mom, grad, lr, beta, eps, step);
+    apply_typed<double>(var, sum, c, m, grad, lr, beta, eps, step);
   else
-    throw py::type_error("var dtype must be float32 or float64");
+    throw py::type_error("var dtype must be float32 or float64, got " +
+                         std::string(py::str(first.dtype())));
 }
 
 }  // namespace

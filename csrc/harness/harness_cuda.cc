@@ -351,7 +351,7 @@ class ScalarRing {
 // the life of the process). Serialised: the rings are shared.
 int launch_with_scalars(DType dtype, const std::vector<RawChunk>& chunks, double lr,
                         bool lr_f64, int64_t step, double beta, double epsilon,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, expectigrad::cuda::LaunchReport* report) {
   static std::mutex mu;
   static std::map<int, ScalarRing>* rings = new std::map<int, ScalarRing>();
   std::lock_guard<std::mutex> lock(mu);
@@ -363,8 +363,16 @@ int launch_with_scalars(DType dtype, const std::vector<RawChunk>& chunks, double
   scalars.epsilon = epsilon;
   ring.stage(lr, lr_f64, step, stream, &scalars);
   const int err = expectigrad::cuda::launch_update(
-      dtype, chunks.data(), int(chunks.size()), scalars, stream);
-  if (err == 0) ring.launched(stream);
+      dtype, chunks.data(), int(chunks.size()), scalars, stream, report);
+  // The slot is guarded by an event whenever a kernel may read it.
+  if (err == 0) {
+    ring.launched(stream);
+  } else if (report->launches_queued > 0) {
+    try {
+      ring.launched(stream);  // best effort: the launch error is what counts
+    } catch (const std::runtime_error&) {
+    }
+  }
   return err;
 }
 
@@ -470,14 +478,17 @@ class Plan {
       check_cuda(err, "waiting on an array's stream");
     }
     int err;
+    expectigrad::cuda::LaunchReport report;
     {
       py::gil_scoped_release release;
       // Without a momentum slot the step has no bias correction (beta == 0),
       // exactly as apply_cpu.
       err = launch_with_scalars(dtype_, chunks_, lr, lr_f64, step, has_mom_ ? beta : 0.0,
-                                epsilon, reinterpret_cast<cudaStream_t>(s));
+                                epsilon, reinterpret_cast<cudaStream_t>(s), &report);
     }
-    check_cuda(static_cast<cudaError_t>(err), "launch_update");
+    if (err != 0)
+      throw std::runtime_error("expectigrad _harness_cuda: launch_update: " +
+                               expectigrad::cuda::describe(report));
   }
 
   int num_tensors() const { return int(chunks_.size()); }

@@ -7,17 +7,34 @@
 // kernel's indexing, chunking and launch logic, not the GPU memory model.
 //
 //   apply(var, sum, count, momentum, grad, lr, beta, epsilon, step,
-//         lr_dtype="float32", dtype=None) -> None
+//         lr_dtype="float32", dtype=None, corrupt=None) -> dict (the report)
 //   set_max_blocks(n)        cap the grid (0: default, 8 per multiprocessor)
-//   set_multiprocessors(n)   what the emulated device reports (default 2)
-//   stats() -> dict          launches, min_grid, max_grid, threads since reset
+//   set_device(d)            the emulated current device (0-7)
+//   set_multiprocessors(n, device=None)  what a device reports (default 2)
+//   fail_launch(after)       the launch after `after` successful ones fails
+//                            (-1: none)
+//   set_last_error(code)     leave an error pending, as an earlier call would
+//   stats() -> dict          launches, min_grid, max_grid, threads since reset;
+//                            device, attribute_queries, last_error (peeked)
+//   last_launch_params() -> list of bytes, one per kernel parameter
 //   reset_stats()
 //
 // Arrays: var/momentum/grad float32, float64, float16, or bfloat16 (an
 // ml_dtypes bfloat16 array, or uint16 bit patterns with dtype="bfloat16");
-// sum/count float32 (float64 for float64 variables); all C-contiguous (any
-// alignment: slices at odd offsets are fine) and as long as their var.
-// count is None without the sparse counter and momentum None for beta == 0.
+// sum/count float32 (float64 for float64 variables); all C-contiguous (views
+// at any element offset are fine) and as long as their var. count is None
+// without the sparse counter and momentum None for beta == 0. An empty array
+// is passed to the launcher with null pointers, as TensorFlow and XLA may.
+//
+// corrupt (testing the launcher's validation): a list of (field, index,
+// value) applied to the chunks after the arguments are checked: field
+// "var"/"sum"/"count"/"momentum"/"grad" with value 0 sets that pointer to
+// null, any other value adds that many bytes to it; "size" sets the element
+// count. Use only values that validation must reject.
+//
+// Errors: bad arguments raise TypeError/ValueError naming the argument;
+// input the launcher rejects raises ValueError, a failed launch RuntimeError,
+// with expectigrad::cuda::describe's text.
 //
 // lr and step are NOT validated here (beta and epsilon are): they are put in
 // "device" memory as lr_dtype / int64 and handed to launch_update, so the
@@ -25,8 +42,12 @@
 // step < 1) is what the tests see.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <cstdint>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/expectigrad_cuda.h"
@@ -53,7 +74,8 @@ std::string label(const char* what, size_t i) {
 
 py::array as_array(py::handle obj, const std::string& name, bool writable) {
   if (!py::isinstance<py::array>(obj))
-    throw py::type_error(name + " must be a NumPy array");
+    throw py::type_error(name + " must be a NumPy array, got " +
+                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
   auto a = py::reinterpret_borrow<py::array>(obj);
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(name + " must be C-contiguous");
@@ -84,16 +106,60 @@ DType storage_dtype(const py::array& a, const std::string& name,
 
 std::vector<py::handle> as_list(const py::object& obj, const char* what) {
   if (!py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj))
-    throw py::type_error(std::string(what) + " must be a list of arrays");
+    throw py::type_error(std::string(what) + " must be a list of arrays, got " +
+                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
   std::vector<py::handle> out;
   for (auto v : py::sequence(obj)) out.push_back(v);
   return out;
 }
 
-void apply(const py::object& var, const py::object& sum, const py::object& count,
-           const py::object& momentum, const py::object& grad, double lr,
-           double beta, double epsilon, int64_t step, const std::string& lr_dtype,
-           const py::object& dtype) {
+// The data pointer of an array, null when it is empty (as TF/XLA may pass).
+void* data_or_null(const py::array& a) {
+  return a.size() == 0 ? nullptr : const_cast<void*>(a.data());
+}
+
+void corrupt_chunks(std::vector<RawChunk>* chunks, const py::object& corrupt) {
+  if (corrupt.is_none()) return;
+  for (auto item : py::sequence(corrupt)) {
+    auto t = item.cast<std::tuple<std::string, int64_t, int64_t>>();
+    const std::string& field = std::get<0>(t);
+    const int64_t i = std::get<1>(t), value = std::get<2>(t);
+    if (i < 0 || i >= int64_t(chunks->size()))
+      throw py::value_error("corrupt: index " + std::to_string(i) + " out of range");
+    RawChunk& c = (*chunks)[size_t(i)];
+    auto set = [value](auto*& p) {
+      using P = std::remove_reference_t<decltype(p)>;
+      p = value == 0 ? nullptr
+                     : reinterpret_cast<P>(reinterpret_cast<uintptr_t>(p) + uintptr_t(value));
+    };
+    if (field == "var") set(c.var);
+    else if (field == "sum") set(c.sum);
+    else if (field == "count") set(c.cnt);
+    else if (field == "momentum") set(c.mom);
+    else if (field == "grad") set(c.grad);
+    else if (field == "size") c.size = value;
+    else throw py::value_error("corrupt: unknown field '" + field + "'");
+  }
+}
+
+py::dict report_dict(const expectigrad::cuda::LaunchReport& r) {
+  py::dict d;
+  d["stage"] = r.stage == expectigrad::cuda::LaunchReport::kOk
+                   ? "ok"
+                   : (r.stage == expectigrad::cuda::LaunchReport::kInvalid ? "invalid"
+                                                                           : "launch");
+  d["code"] = r.code;
+  d["launches_planned"] = r.launches_planned;
+  d["launches_queued"] = r.launches_queued;
+  d["chunk"] = r.chunk;
+  d["reason"] = std::string(r.reason);
+  return d;
+}
+
+py::dict apply(const py::object& var, const py::object& sum, const py::object& count,
+               const py::object& momentum, const py::object& grad, double lr,
+               double beta, double epsilon, int64_t step, const std::string& lr_dtype,
+               const py::object& dtype, const py::object& corrupt) {
   if (!(beta >= 0 && beta < 1) || !(epsilon > 0))
     throw py::value_error("need 0 <= beta < 1 and epsilon > 0");
   if (lr_dtype != "float32" && lr_dtype != "float64")
@@ -134,14 +200,15 @@ void apply(const py::object& var, const py::object& sum, const py::object& count
       return a;
     };
     RawChunk c{};
-    c.var = v.mutable_data();
-    c.sum = state(sums[i], "sum").mutable_data();
-    c.cnt = has_cnt ? state(cnts[i], "count").mutable_data() : nullptr;
-    c.mom = has_mom ? like_var(moms[i], "momentum", true).mutable_data() : nullptr;
-    c.grad = like_var(grads[i], "grad", false).data();
+    c.var = data_or_null(v);
+    c.sum = data_or_null(state(sums[i], "sum"));
+    c.cnt = has_cnt ? data_or_null(state(cnts[i], "count")) : nullptr;
+    c.mom = has_mom ? data_or_null(like_var(moms[i], "momentum", true)) : nullptr;
+    c.grad = data_or_null(like_var(grads[i], "grad", false));
     c.size = v.size();
     chunks.push_back(c);
   }
+  corrupt_chunks(&chunks, corrupt);
   // The "device" scalars: lr in its dtype and the step, as the TF op has them.
   const float lr32 = static_cast<float>(lr);
   const double lr64 = lr;
@@ -155,11 +222,15 @@ void apply(const py::object& var, const py::object& sum, const py::object& count
   scalars.step = &step_dev;
   scalars.beta = beta;
   scalars.epsilon = epsilon;
+  expectigrad::cuda::LaunchReport report;
   const int err = expectigrad::cuda::launch_update(dt, chunks.data(), int(chunks.size()),
-                                                   scalars, nullptr);
-  if (err != 0)
-    throw std::runtime_error(std::string("launch_update failed: ") +
-                             expectigrad::cuda::error_string(err));
+                                                   scalars, nullptr, &report);
+  if (err != 0) {
+    const std::string what = "launch_update: " + expectigrad::cuda::describe(report);
+    if (report.stage == expectigrad::cuda::LaunchReport::kInvalid) throw py::value_error(what);
+    throw std::runtime_error(what);
+  }
+  return report_dict(report);
 }
 
 }  // namespace
@@ -172,18 +243,50 @@ PYBIND11_MODULE(_harness_emulated, m) {
   m.def("apply", &apply, py::arg("var"), py::arg("sum"), py::arg("count"),
         py::arg("momentum"), py::arg("grad"), py::arg("lr"), py::arg("beta"),
         py::arg("epsilon"), py::arg("step"), py::arg("lr_dtype") = "float32",
-        py::arg("dtype") = py::none(),
-        "One step through launch_update with lr/step in (emulated) device memory.");
+        py::arg("dtype") = py::none(), py::arg("corrupt") = py::none(),
+        "One step through launch_update with lr/step in (emulated) device memory; "
+        "returns launch_update's report as a dict.");
   m.def("set_max_blocks", &expectigrad::cuda::set_max_blocks_for_testing,
         py::arg("max_blocks"), "Caps the grid (0: the default, 8 per multiprocessor).");
-  m.def("set_multiprocessors",
-        [](int n) {
-          if (n < 1) throw py::value_error("need at least one multiprocessor");
-          expectigrad_emulation::state().multiprocessors = n;
+  using expectigrad_emulation::State;
+  auto check_device = [](int d) {
+    if (d < 0 || d >= State::kDevices)
+      throw py::value_error("device must be in [0, " + std::to_string(State::kDevices) +
+                            "), got " + std::to_string(d));
+  };
+  m.def("set_device",
+        [check_device](int d) {
+          check_device(d);
+          expectigrad_emulation::state().device = d;
         },
-        py::arg("n"),
-        "Multiprocessors the emulated device reports. The launcher reads this "
-        "once (its first launch) and caches it, as on a GPU.");
+        py::arg("device"), "The emulated current device (cudaGetDevice).");
+  m.def("set_multiprocessors",
+        [check_device](int n, const py::object& device) {
+          if (n < 1) throw py::value_error("need at least one multiprocessor");
+          auto& s = expectigrad_emulation::state();
+          const int d = device.is_none() ? s.device : device.cast<int>();
+          check_device(d);
+          s.multiprocessors[d] = n;
+        },
+        py::arg("n"), py::arg("device") = py::none(),
+        "Multiprocessors an emulated device reports (default: the current one). "
+        "The launcher reads it on its first launch on that device and caches it, "
+        "as on a GPU.");
+  m.def("fail_launch",
+        [](int64_t after) { expectigrad_emulation::state().fail_after = after < 0 ? -1 : after; },
+        py::arg("after"),
+        "The launch after `after` more successful ones fails with "
+        "cudaErrorLaunchFailure and runs nothing (-1: no failure).");
+  m.def("set_last_error",
+        [](int code) { expectigrad_emulation::state().last_error = cudaError_t(code); },
+        py::arg("code"),
+        "Leaves an error pending for cudaGetLastError(), as an unrelated earlier "
+        "runtime call on this thread would (0 clears it).");
+  m.def("last_launch_params", [] {
+    py::list out;
+    for (const auto& p : expectigrad_emulation::state().last_params) out.append(py::bytes(p));
+    return out;
+  }, "The bytes of each kernel parameter of the last successful launch.");
   m.def("stats", [] {
     const auto& s = expectigrad_emulation::state();
     py::dict d;
@@ -191,10 +294,14 @@ PYBIND11_MODULE(_harness_emulated, m) {
     d["min_grid"] = s.min_grid;
     d["max_grid"] = s.max_grid;
     d["threads"] = s.threads;
-    d["multiprocessors"] = s.multiprocessors;
+    d["device"] = s.device;
+    d["multiprocessors"] = s.multiprocessors[s.device];
+    d["attribute_queries"] = s.attribute_queries;
+    d["last_error"] = int(s.last_error);
     return d;
   });
   m.def("reset_stats", &expectigrad_emulation::reset_counters);
   m.attr("THREADS_PER_BLOCK") = 256;
   m.attr("MAX_TENSORS_PER_LAUNCH") = 40;
+  m.attr("DEVICES") = State::kDevices;
 }

@@ -9,9 +9,13 @@ checks the kernel's indexing and chunking (grid-stride loop, the tensor
 cursor, several launches for more than 40 tensors, empty tensors, sizes that
 are not a multiple of the block, grids smaller than the data, misaligned
 views), the device-side step scalars (lr as float32 or float64, bias
-correction) and the device-side validation of lr/step. It does not check the
-GPU memory model, concurrency or the device's math library: tools/gpu_check
-does, on a GPU.
+correction) and the device-side validation of lr/step; and the launcher:
+every input validated before the first launch (a rejected call changes
+nothing), empty tensors with null pointers, a launch that fails after others
+were queued (reported with what was queued), each launch's own status (not an
+error pending from an earlier call), the grid sized per device, deterministic
+kernel-argument bytes. It does not check the GPU memory model, concurrency or
+the device's math library: tools/gpu_check does, on a GPU.
 
 Tolerances: float32/float64 against a reference run in the same precision
 (the same operations, rounded alike); float16/bfloat16 against a float32
@@ -42,6 +46,9 @@ def em(emulated):
     emulated.reset_stats()
     yield emulated
     emulated.set_max_blocks(0)
+    emulated.fail_launch(-1)
+    emulated.set_last_error(0)
+    emulated.set_device(0)
 
 
 def _state_dtype(dtype):
@@ -109,13 +116,13 @@ def _make(dtype, beta, sparse, sizes, misaligned, seed):
     return rng, x0, offsets, tensors
 
 
-def _apply(em, tensors, lr, beta, t, lr_dtype="float32"):
+def _apply(em, tensors, lr, beta, t, lr_dtype="float32", **kw):
     sparse = tensors[0].cnt is not None
     mom = tensors[0].mom is not None
-    em.apply([x.var for x in tensors], [x.sum for x in tensors],
-             [x.cnt for x in tensors] if sparse else None,
-             [x.mom for x in tensors] if mom else None,
-             [x.grad for x in tensors], lr, beta, EPS, t, lr_dtype=lr_dtype)
+    return em.apply([x.var for x in tensors], [x.sum for x in tensors],
+                    [x.cnt for x in tensors] if sparse else None,
+                    [x.mom for x in tensors] if mom else None,
+                    [x.grad for x in tensors], lr, beta, EPS, t, lr_dtype=lr_dtype, **kw)
 
 
 def _flat(tensors, attr):
@@ -290,6 +297,10 @@ def test_bfloat16_as_uint16_bits(em):
     (dict(grad=[np.zeros(8, np.float32)[::2]]), ValueError, "C-contiguous"),
     (dict(beta=1.0), ValueError, "beta"),
     (dict(lr_dtype="float16"), ValueError, "lr_dtype"),
+    (dict(var=[[0.0] * 4]), TypeError, r"var\[0\] must be a NumPy array, got list"),
+    (dict(grad=[None]), TypeError, r"grad\[0\] must be a NumPy array, got NoneType"),
+    (dict(count=["x"]), TypeError, r"count\[0\] must be a NumPy array, got str"),
+    (dict(grad=np.zeros(4, np.float32)), TypeError, "grad must be a list of arrays, got ndarray"),
 ], ids=lambda v: str(v)[:30])
 def test_argument_checks(em, bad, error, match):
     args = dict(var=[np.zeros(4, np.float32)], sum=[np.zeros(4, np.float32)], count=None,
@@ -299,3 +310,163 @@ def test_argument_checks(em, bad, error, match):
     with pytest.raises(error, match=match):
         em.apply(**args)
     assert em.stats()["launches"] == 0
+
+
+# ------------------------------------------------------------- the launcher
+def _state_snapshot(tensors):
+    return [{k: b.copy() for k, b in x.bufs.items()} for x in tensors]
+
+
+def _assert_unchanged(tensors, snapshot, which=None):
+    for i, (x, old) in enumerate(zip(tensors, snapshot)):
+        if which is not None and i not in which:
+            continue
+        for k, b in old.items():
+            np.testing.assert_array_equal(x.bufs[k].view(np.uint8), b.view(np.uint8),
+                                          err_msg=f"{k}[{i}] changed")
+
+
+def _filled(dtype, sizes, beta=0.9, sparse=True, seed=3):
+    """Tensors whose step is easy to see: grad 0.5, sum 2 -> 2.25."""
+    _, _, _, tensors = _make(dtype, beta, sparse, sizes, [False] * len(sizes), seed)
+    for x in tensors:
+        x.grad[...] = 0.5
+        x.sum[...] = 2.0
+        if x.cnt is not None:
+            x.cnt[...] = 1.0
+        if x.mom is not None:
+            x.mom[...] = 0.25
+    return tensors
+
+
+@pytest.mark.parametrize("beta,sparse", VARIANTS)
+def test_empty_tensors_with_null_pointers_anywhere(em, beta, sparse):
+    """130 tensors, the first three and every fifth empty: the harness passes
+    empty arrays with null pointers (as TF and XLA may). The kernel variant
+    (count, momentum) comes from the first non-empty tensor, not tensor 0."""
+    sizes = [0, 0, 0] + [0 if i % 5 == 0 else 1 + (i * 37) % 300 for i in range(127)]
+    tensors, ref = _run(em, "float64", beta, sparse, sizes, [False] * len(sizes), 2, seed=7)
+    _check(tensors, ref, "float64", beta, sparse)
+    per_step = -(-sum(s > 0 for s in sizes) // MAX_TENSORS)
+    assert per_step == 3 and em.stats()["launches"] == 2 * per_step
+
+
+SIZES_130 = [1 + (i * 37) % 200 for i in range(130)]  # 4 launches: 40+40+40+10
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("corrupt,chunk,reason", [
+    ([("grad", 95, 0)], 95, "grad is null"),
+    ([("var", 125, 0)], 125, "var is null"),
+    ([("sum", 41, 0)], 41, "sum is null"),
+    ([("momentum", 100, 0)], 100, "momentum is null but the first non-empty chunk has"),
+    ([("momentum", 0, 0)], 1, "momentum is set but the first non-empty chunk has none"),
+    ([("count", 80, 0)], 80, "count is null but the first non-empty chunk has"),
+    ([("var", 99, 1)], 99, "a pointer is not aligned to its element type"),
+    ([("sum", 120, 2)], 120, "a pointer is not aligned to its element type"),
+    ([("size", 110, -1)], 110, "negative size"),
+    ([("size", 90, 2**61), ("size", 91, 2**61)], 80, r"the elements of one launch \(40 chunks\) reach 2\^62"),
+], ids=lambda v: str(v)[:28])
+def test_rejected_call_launches_nothing_and_changes_nothing(em, dtype, corrupt, chunk,
+                                                            reason):
+    """A bad chunk anywhere (here in the 2nd-4th launch's range) is found
+    before the first launch: ValueError naming the chunk; no launch; every
+    byte of every tensor as it was."""
+    tensors = _filled(dtype, SIZES_130)
+    snap = _state_snapshot(tensors)
+    with pytest.raises(ValueError, match=rf"\(chunk {chunk}\): {reason}.*nothing was "
+                                         r"launched, nothing changed"):
+        _apply(em, tensors, LR, 0.9, 1, corrupt=corrupt)
+    assert em.stats()["launches"] == 0
+    _assert_unchanged(tensors, snap)
+    # The same tensors, uncorrupted: 4 launches, every tensor updated.
+    rep = _apply(em, tensors, LR, 0.9, 1)
+    assert rep == dict(stage="ok", code=0, launches_planned=4, launches_queued=4,
+                       chunk=-1, reason="")
+    assert all(np.all(x.sum == 2.25) for x in tensors)
+
+
+@pytest.mark.parametrize("after", [0, 1, 3])
+def test_failed_launch_says_what_was_queued(em, after):
+    """A launch that fails after validation (a CUDA runtime failure; injected
+    here) stops the call. Launch 1 failing changes nothing; launch k > 1
+    failing leaves launches 1..k-1 applied (they cannot be withdrawn) and the
+    rest untouched, and the error says exactly that. The launcher consumes
+    its own error, so a later caller's cudaGetLastError() is clean."""
+    tensors = _filled("float32", SIZES_130)
+    snap = _state_snapshot(tensors)
+    em.fail_launch(after)
+    with pytest.raises(RuntimeError) as info:
+        _apply(em, tensors, LR, 0.9, 1)
+    msg = str(info.value)
+    assert f"kernel launch {after + 1} of 4 failed: unspecified launch failure" in msg, msg
+    assert em.stats()["launches"] == after
+    assert em.stats()["last_error"] == 0
+    done = MAX_TENSORS * after
+    if after == 0:
+        assert "nothing was launched, nothing changed" in msg
+    else:
+        assert (f"launches 1-{after} were already queued, so chunks 0-{done - 1} may be "
+                "updated and the rest are not (a partial step)") in msg, msg
+        assert "treat this device's state as lost" in msg
+    for i, x in enumerate(tensors):
+        assert np.all(x.sum == (2.25 if i < done else 2.0)), i
+    _assert_unchanged(tensors, snap, which=set(range(done, len(tensors))))
+
+
+def test_error_pending_from_an_earlier_call_is_not_this_launchs(em):
+    """An error left pending (cudaGetLastError) by an unrelated earlier call
+    on this thread does not make a launch that was queued look failed, and is
+    left for its owner."""
+    tensors = _filled("float32", SIZES_130)
+    em.set_last_error(1)  # cudaErrorInvalidValue, from "someone else"
+    rep = _apply(em, tensors, LR, 0.9, 1)
+    assert rep["stage"] == "ok" and rep["launches_queued"] == 4
+    assert all(np.all(x.sum == 2.25) for x in tensors)
+    assert em.stats()["last_error"] == 1
+
+
+def test_grid_uses_each_devices_multiprocessor_count(em):
+    """The grid is capped at 8 blocks per multiprocessor of the CURRENT
+    device, queried once per device and cached (as on a GPU: a later change
+    of what the device reports is not seen)."""
+    em.set_multiprocessors(3, device=1)
+    em.set_multiprocessors(5, device=2)
+    tensors = _filled("float32", [THREADS * 200], beta=0.0, sparse=False)  # 200 blocks wanted
+    for device, sms in [(1, 3), (2, 5), (1, 3)]:
+        em.set_device(device)
+        em.reset_stats()
+        _apply(em, tensors, LR, 0.0, 1)
+        assert em.stats()["max_grid"] == 8 * sms, (device, em.stats())
+    queries = em.stats()["attribute_queries"]
+    em.set_multiprocessors(7, device=2)
+    em.set_device(2)
+    em.reset_stats()
+    _apply(em, tensors, LR, 0.0, 1)
+    assert em.stats()["max_grid"] == 8 * 5
+    assert em.stats()["attribute_queries"] == queries
+
+
+def test_kernel_arguments_are_fully_initialised(em):
+    """The kernel's by-value arguments (LaunchArgs: 40 slots per array, and
+    the scalars) are copied to the device whole: the unused slots and the
+    padding are zero, not left over from an earlier call."""
+    many = _filled("float32", [5] * 45)  # fills all 40 slots of the stack's LaunchArgs
+    _apply(em, many, LR, 0.9, 1)
+    sizes = [7, 300, 2]
+    tensors = _filled("float32", sizes)
+    _apply(em, tensors, LR, 0.9, 1)
+    args, scalars = em.last_launch_params()
+    slots = MAX_TENSORS
+    assert len(args) == 6 * 8 * slots + 8 and len(scalars) == 40
+    for k, name in enumerate(["var", "sum", "cnt", "mom", "grad"]):
+        ptrs = np.frombuffer(args[8 * slots * k:8 * slots * (k + 1)], np.uint64)
+        assert np.all(ptrs[:3] != 0) and np.all(ptrs[3:] == 0), name
+    ends = np.frombuffer(args[40 * slots:48 * slots], np.int64)
+    np.testing.assert_array_equal(ends, np.cumsum(sizes).tolist() + [0] * (slots - 3))
+    assert int.from_bytes(args[48 * slots:48 * slots + 4], "little") == 3
+    assert args[48 * slots + 4:] == b"\0" * 4  # padding
+    assert scalars[33:] == b"\0" * 7  # padding after lr_is_double
+    _apply(em, tensors, LR, 0.9, 2)
+    again = em.last_launch_params()
+    assert again[0] == args  # same pointers: identical bytes

@@ -144,12 +144,34 @@ def _ok_args(n=4, dtype=np.float32):
     (dict(beta=1.0), ValueError, "beta"),
     (dict(epsilon=0.0), ValueError, "epsilon"),
     (dict(step=0), ValueError, "step"),
+    # Types are checked before anything is read from an object.
+    (dict(var=["x"]), TypeError, r"var\[0\] must be a NumPy array, got str"),
+    (dict(var=[[0.0] * 4]), TypeError, r"var\[0\] must be a NumPy array, got list"),
+    (dict(sum=[[0.0] * 4]), TypeError, r"sum\[0\] must be a NumPy array, got list"),
+    (dict(count=[None]), TypeError, r"count\[0\] must be a NumPy array, got NoneType"),
+    (dict(momentum=[1.5]), TypeError, r"momentum\[0\] must be a NumPy array, got float"),
+    (dict(grad=[object()]), TypeError, r"grad\[0\] must be a NumPy array, got object"),
+    (dict(grad=np.zeros(4, np.float32)), TypeError, "grad must be a list of NumPy arrays, got ndarray"),
+    (dict(var=7), TypeError, "var must be a list of NumPy arrays, got int"),
+    (dict(count="abc"), TypeError, "count must be a list of NumPy arrays, got str"),
 ], ids=lambda v: str(v)[:40])
 def test_apply_cpu_rejects_bad_input(harness, change, error, match):
     args = _ok_args()
     args.update(change)
     with pytest.raises(error, match=match):
         harness.apply_cpu(**args)
+
+
+def test_apply_cpu_non_array_in_a_later_position(harness):
+    """A non-array after valid arrays: TypeError naming it; nothing updated."""
+    args = _ok_args()
+    for k in ("var", "sum", "count", "momentum", "grad"):
+        args[k] = args[k] + [np.zeros(4, np.float32)]
+    args["grad"][0][:] = 1.0
+    args["momentum"][1] = {"not": "an array"}
+    with pytest.raises(TypeError, match=r"momentum\[1\] must be a NumPy array, got dict"):
+        harness.apply_cpu(**args)
+    assert (args["var"][0] == 0).all() and (args["sum"][0] == 0).all()
 
 
 def test_apply_cpu_rejects_read_only_var(harness):

@@ -51,7 +51,10 @@ struct DeviceFunctor<CPUDevice, T, S> {
   }
 
   absl::Status Copy(OpKernelContext*, const Tensor& src, Tensor* dst) {
-    std::memcpy(dst->data(), src.data(), src.TotalBytes());
+    // An empty tensor's data() may be null: memcpy needs valid pointers even
+    // for 0 bytes.
+    const size_t bytes = src.TotalBytes();
+    if (bytes > 0) std::memcpy(dst->data(), src.data(), bytes);
     return absl::OkStatus();
   }
 };

@@ -8,7 +8,10 @@
 // stream sync per step. The CUDA kernel computes the bias correction on the
 // device and changes nothing when lr or step is invalid; the optimizer checks
 // the learning rate before the op runs. beta and epsilon are graph constants
-// and are read on the host.
+// and are read on the host. The launcher validates every chunk before its
+// first launch, so a rejected call changes nothing; a launch failing after
+// that (a CUDA runtime failure, fatal for TF's stream) is reported with how
+// much was already queued.
 #if GOOGLE_CUDA
 #define EIGEN_USE_GPU
 
@@ -71,10 +74,15 @@ struct DeviceFunctor<GPUDevice, T, S> {
     scalars.beta = c.beta;
     scalars.epsilon = c.epsilon;
     void* stream = ctx->eigen_device<GPUDevice>().stream();
-    return CudaStatus(
-        expectigrad::cuda::launch_update(CudaDType<T>::value, raw.data(),
-                                         int(raw.size()), scalars, stream),
-        "kernel launch");
+    // The launcher validates every chunk before its first launch; a launch
+    // that fails after that is a CUDA runtime failure (see launch_update).
+    expectigrad::cuda::LaunchReport report;
+    const int code = expectigrad::cuda::launch_update(
+        CudaDType<T>::value, raw.data(), int(raw.size()), scalars, stream, &report);
+    if (code == 0) return absl::OkStatus();
+    // Chunks are the call's non-empty tensors, in order (BuildChunks).
+    return errors::Internal("ExpectigradApply (GPU): ",
+                            expectigrad::cuda::describe(report));
   }
 
   absl::Status Copy(OpKernelContext* ctx, const Tensor& src, Tensor* dst) {

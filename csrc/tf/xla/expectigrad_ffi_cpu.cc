@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <memory>
 #include <mutex>
 
@@ -105,7 +106,7 @@ ffi::Error ApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args,
           "expectigrad_apply: var dtype must be f16, bf16, f32 or f64");
   }
   for (const DecodedCall::Copy& c : call.copies)
-    std::memcpy(c.dst, c.src, c.bytes);
+    if (c.bytes > 0) std::memcpy(c.dst, c.src, c.bytes);  // empty: may be null
   switch (call.dtype) {
     case ffi::DataType::F32:
       RunOnPool<float, float>(pool, call, lr, beta, epsilon, step);

@@ -45,21 +45,24 @@ ffi::Error ApplyCuda(CUstream_st* stream, ffi::RemainingArgs args,
       return ffi::Error::InvalidArgument(
           "expectigrad_apply: var dtype must be f16, bf16, f32 or f64");
   }
+  std::vector<cuda::RawChunk> raw;
+  raw.reserve(call.tensors.size());
+  for (const RawTensor& t : call.tensors)
+    raw.push_back({t.var, t.sum, t.cnt, t.mom, t.grad, t.size});
+  // Everything is validated before the first write (the copies below).
+  cuda::LaunchReport report;
+  if (cuda::validate_update(dtype, raw.data(), int(raw.size()), scalars, &report) != 0)
+    return ffi::Error::Internal("expectigrad_apply: " + cuda::describe(report));
   for (const DecodedCall::Copy& c : call.copies) {
     const int code = cuda::copy_async(c.dst, c.src, int64_t(c.bytes), stream);
     if (code != 0)
       return ffi::Error::Internal(std::string("expectigrad_apply: copy failed: ") +
                                   cuda::error_string(code));
   }
-  std::vector<cuda::RawChunk> raw;
-  raw.reserve(call.tensors.size());
-  for (const RawTensor& t : call.tensors)
-    raw.push_back({t.var, t.sum, t.cnt, t.mom, t.grad, t.size});
-  const int code = cuda::launch_update(dtype, raw.data(), int(raw.size()),
-                                       scalars, stream);
-  if (code != 0)
-    return ffi::Error::Internal(std::string("expectigrad_apply: launch failed: ") +
-                                cuda::error_string(code));
+  // At most 40 tensors per call (the lowering's kTensorsPerCall): one launch.
+  if (cuda::launch_update(dtype, raw.data(), int(raw.size()), scalars, stream,
+                          &report) != 0)
+    return ffi::Error::Internal("expectigrad_apply: " + cuda::describe(report));
   return ffi::Error::Success();
 }
 
