@@ -197,7 +197,9 @@ class _Sublayers(keras.layers.Layer):
     def __init__(self, hp, **kwargs):
         super().__init__(**kwargs)
         self.post = hp.get("layer_norm", "pre") == "post"
-        self.drop = keras.layers.Dropout(hp["dropout"])
+        # Subclasses create ``self.drop`` last: a layer's seed is drawn when it
+        # is constructed, so the order keeps the initial weights of a seed
+        # what they were before post-norm existed.
 
     def _in(self, ln, x):
         return x if self.post else ln(x)
@@ -217,6 +219,7 @@ class EncoderLayer(_Sublayers):
         self.attn = MultiHeadAttention(d, hp["heads"], hp["attention_dropout"], name="self_attention")
         self.ln2 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_ff")
         self.ff = FeedForward(d, hp["ff"], hp["relu_dropout"], name="ff")
+        self.drop = keras.layers.Dropout(hp["dropout"])
 
     def call(self, x, mask, training=False):
         h = self._in(self.ln1, x)
@@ -242,6 +245,7 @@ class DecoderLayer(_Sublayers):
         self.cross_attn = MultiHeadAttention(d, hp["heads"], hp["attention_dropout"], name="cross_attention")
         self.ln3 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_ff")
         self.ff = FeedForward(d, hp["ff"], hp["relu_dropout"], name="ff")
+        self.drop = keras.layers.Dropout(hp["dropout"])
 
     def call(self, x, memory, self_mask, cross_mask, training=False):
         h = self._in(self.ln1, x)
