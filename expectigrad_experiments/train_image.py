@@ -452,8 +452,9 @@ def train_one(args, data, optimizer_name, input_shape, log=print):
     }
     if optimizer_name == "expectigrad" and hasattr(optimizer, "dispatch_report"):
         try:
-            result["expectigrad_paths"] = sorted(
-                {str(v[0]) for v in optimizer.dispatch_report().values()})
+            paths = sorted({str(v[0]) for v in optimizer.dispatch_report().values()})
+            result["expectigrad_paths"] = paths or (
+                "not recorded: no step in this invocation (a finished run was reloaded)")
         except Exception:  # noqa: BLE001 - informative only
             pass
     log(f"    {optimizer_name}: {seconds:.1f}s, final train loss {result['final_train_loss']:.4g}, "
@@ -761,7 +762,9 @@ def main(argv=None, log=print):
         "steps_per_epoch": args.steps_per_epoch, "augment": args.augment,
         "hparams_mode": args.hparams, "seed": args.seed, "jit_compile": args.jit_compile,
         "quick": args.quick, "full": args.full, "png": os.path.basename(png),
-        "elapsed_s": elapsed, "results": results,
+        "elapsed_s": elapsed,  # this invocation; a resumed run trained for longer
+        "training_seconds_total": float(sum(r["seconds"] for r in results)),
+        "results": results,
     }
     write_json(os.path.join(args.out_dir, f"{args.prefix}_summary.json"), summary)
     log(f"trained on {data.n_train} images"
