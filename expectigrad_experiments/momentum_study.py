@@ -40,6 +40,7 @@ and ``momentum_summary.json``.
 """
 
 import argparse
+import csv
 import datetime
 import math
 import os
@@ -259,13 +260,42 @@ def plot(out_png, rows, betas, variants, panels, title):
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    import textwrap
+
+    # wrapped to the figure's width (one panel is narrow)
+    fig.suptitle("\n".join(textwrap.wrap(title, width=int(60 * len(panels)))), fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
 
 
+def replot(out_dir):
+    """Redraws ``momentum.png`` in ``out_dir`` from its momentum.csv and
+    momentum_summary.json (no training)."""
+    import json
+
+    with open(os.path.join(out_dir, "momentum_summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(out_dir, "momentum.csv"), newline="") as f:
+        rows = [dict(r, beta=float(r["beta"]), step=int(r["step"]),
+                     train_loss=float(r["train_loss"])) for r in csv.DictReader(f)]
+    steps = summary.get("epoch_steps") or summary["digits_epoch_steps"]
+    unit = "epoch" if summary.get("digits_epoch_steps") is None else "digits epoch"
+    panels = [(s, f"after {s / steps:g} {unit}(s) = {s} steps") for s in summary["record_steps"]]
+    title = (f"Momentum in Expectigrad: {summary['model']}, {summary['data']}, "
+             f"batch {summary['batch_size']}, mean of {summary['seeds']} seed(s), bars: min-max")
+    png = os.path.join(out_dir, summary["png"])
+    plot(png, rows, summary["betas"], summary["variants"], panels, title)
+    return png
+
+
 def main(argv=None, log=print):
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    if argv_list[:1] == ["--replot"]:
+        if len(argv_list) != 2:
+            raise SystemExit("usage: expectigrad-momentum-study --replot OUT_DIR")
+        log(f"wrote {replot(argv_list[1])}")
+        return None
     args = parse_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
     import tensorflow as tf

@@ -336,5 +336,9 @@ def test_momentum_study_on_idx_folder(tmp_path):
         vals = at0[(at0["seed"] == seed) & (at0["step"] == 4)]["train_loss"]
         assert len(vals) == 3 and np.ptp(vals) == 0
     assert os.path.isfile(tmp_path / "out" / "momentum.png")
+    # --replot redraws the figure from the CSV and summary alone
+    os.remove(tmp_path / "out" / "momentum.png")
+    momentum_study.main(["--replot", str(tmp_path / "out")], log=lambda *_: None)
+    assert os.path.getsize(tmp_path / "out" / "momentum.png") > 1000
     with pytest.raises(SystemExit, match="--data-dir .*: no such directory"):
         momentum_study.main(["--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path)])
