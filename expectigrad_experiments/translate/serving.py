@@ -7,9 +7,9 @@ export directory, so it works where this package is not installed)::
     python EXPORT_DIR/serving.py EXPORT_DIR --input src.txt --output out.txt
     echo "Ka doku visar ruvupok ta bafii." | python EXPORT_DIR/serving.py EXPORT_DIR
 
-    # from Python
-    import sys; sys.path.insert(0, EXPORT_DIR)
-    import serving
+    # from Python: `import serving` with PYTHONPATH=EXPORT_DIR (the copy in the
+    # export), or where this package is installed:
+    from expectigrad_experiments.translate import serving
     translator = serving.Translator(EXPORT_DIR)
     translator.translate(["Ka doku visar ruvupok ta bafii."])   # -> list of strings
 
