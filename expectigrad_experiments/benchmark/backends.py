@@ -36,7 +36,45 @@ ELEMENTS_MOVED = {"expectigrad": 9, "adam": 7, "sgd": 3}
 
 
 # ---------------------------------------------------------- step benches
-class StepBench:
+class BlockTimed:
+    """``run_block``: seconds per ``_step()`` over n steps, synced once at the
+    end (``sync()`` returns a value read back from the device), GC paused.
+    Shared by every benchmark of the package."""
+
+    def run_block(self, n):
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                self._step()
+            value = self.sync()
+            dt = time.perf_counter() - t0
+        finally:
+            gc.enable()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{self.method}: non-finite value read back {value}")
+        return dt / n
+
+
+def round_robin(benches, cfg):
+    """Warm-up, a block size per method giving ~``target_block`` seconds, then
+    ``repeats`` rounds over the methods in rotating order. Returns
+    ({method: [seconds per step, one per round]}, {method: steps per block})."""
+    methods = list(benches)
+    inner = {}
+    for m, b in benches.items():
+        est = min(b.run_block(1) for _ in range(cfg["warmup"]))
+        inner[m] = int(min(cfg["max_inner"], max(1, round(cfg["target_block"] / max(est, 1e-6)))))
+    samples = {m: [] for m in methods}
+    for r in range(cfg["repeats"]):
+        gc.collect(1)
+        order = methods[r % len(methods):] + methods[: r % len(methods)]
+        for m in order:
+            samples[m].append(benches[m].run_block(inner[m]))
+    return samples, inner
+
+
+class StepBench(BlockTimed):
     """One method on one workload: variables, optimizer state, a traced step."""
 
     def __init__(self, method, shapes, dtype, grads, seed):
@@ -127,20 +165,6 @@ class StepBench:
                     f"got {paths}: {self._opt.dispatch_report()}")
         return dt
 
-    def run_block(self, n):
-        """Seconds per step over n steps, synced at the end; GC paused."""
-        gc.disable()
-        try:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                self._step()
-            value = self.sync()
-            dt = time.perf_counter() - t0
-        finally:
-            gc.enable()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{self.method}: non-finite variable value {value}")
-        return dt / n
 
 
 def model_optimizers():

@@ -16,11 +16,11 @@ than exact. No correctness is measured here (tests/optimizer/test_lazy_sparse.py
 """
 
 import gc
-import math
 import time
 
 import numpy as np
 
+from .backends import BlockTimed, round_robin
 from .report import load_average, paired_ratio, summarize
 
 __all__ = ["SPARSE_METHODS", "FULL_SPARSE", "QUICK_SPARSE", "SPARSE_TARGET",
@@ -43,7 +43,7 @@ SPARSE_TARGET = ("expectigrad_sparse_exact", "expectigrad_sparse_lazy", 10.0,
                  "lazy sparse step >= 10 x faster than the exact sparse step")
 
 
-class _SparseBench:
+class _SparseBench(BlockTimed):
     def __init__(self, method, table, grads, lr=1e-3, beta=0.9):
         import keras
         import tensorflow as tf
@@ -63,15 +63,15 @@ class _SparseBench:
         def step(values, indices):
             opt.apply([tf.IndexedSlices(values, indices, shape)], [var])
 
-        self._step = tf.function(step, autograph=False)
+        self._apply = tf.function(step, autograph=False)
         self._tf = tf
         self._row0 = tf.constant([0], tf.int64)
         self.dispatch = None
 
-    def _one(self):
+    def _step(self):
         values, indices = self.grads[self._k % len(self.grads)]
         self._k += 1
-        self._step(values, indices)
+        self._apply(values, indices)
 
     def sync(self):
         """Reads one row (ResourceGather): ``var[0, 0]`` would read, and
@@ -81,7 +81,7 @@ class _SparseBench:
 
     def first_call(self):
         t0 = time.perf_counter()
-        self._one()
+        self._step()
         self.sync()
         dt = time.perf_counter() - t0
         paths = sorted({p for p, _ in self.opt.dispatch_report().values()})
@@ -90,20 +90,6 @@ class _SparseBench:
             raise RuntimeError(f"{self.method}: expected dispatch path {self.expected_path!r}, "
                                f"got {paths}: {self.opt.dispatch_report()}")
         return dt
-
-    def run_block(self, n):
-        gc.disable()
-        try:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                self._one()
-            value = self.sync()
-            dt = time.perf_counter() - t0
-        finally:
-            gc.enable()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{self.method}: non-finite table value {value}")
-        return dt / n
 
 
 def bench_sparse(spec, cfg, log):
@@ -127,16 +113,7 @@ def bench_sparse(spec, cfg, log):
         benches[m] = b
         log(f"  [sparse {rows:,}x{cols}] {m}: traced in {trace_s[m]:.1f}s")
     del table
-    inner = {}
-    for m, b in benches.items():
-        est = min(b.run_block(1) for _ in range(cfg["warmup"]))
-        inner[m] = int(min(cfg["max_inner"], max(1, round(cfg["target_block"] / max(est, 1e-6)))))
-    samples = {m: [] for m in methods}
-    for r in range(cfg["repeats"]):
-        gc.collect(1)
-        order = methods[r % len(methods):] + methods[: r % len(methods)]
-        for m in order:
-            samples[m].append(benches[m].run_block(inner[m]))
+    samples, inner = round_robin(benches, cfg)
     label = f"{rows // 1000:,}Kx{cols}" if rows < 1_000_000 else f"{rows // 1_000_000}Mx{cols}"
     out_rows = []
     for m in methods:

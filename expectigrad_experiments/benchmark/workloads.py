@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from .backends import ELEMENTS_MOVED, STEP_METHODS, StepBench, StepTimer, model_optimizers
+from .backends import (ELEMENTS_MOVED, STEP_METHODS, StepBench, StepTimer,
+                       model_optimizers, round_robin)
 from .report import summarize
 
 __all__ = ["ALL_F32", "F64_METHODS", "FLOOR_METHODS", "FULL_WORKLOADS", "QUICK_WORKLOADS",
@@ -76,17 +77,7 @@ def bench_workload(label, role, n_vars, size, dtype, methods, cfg, log):
         trace_s[m] = b.first_call()
         benches[m] = b
         log(f"  [{dtype} {label}] {m}: traced in {trace_s[m]:.1f}s")
-    # Warm-up, and a per-method block size giving ~target_block seconds.
-    inner = {}
-    for m, b in benches.items():
-        est = min(b.run_block(1) for _ in range(cfg["warmup"]))
-        inner[m] = int(min(cfg["max_inner"], max(1, round(cfg["target_block"] / max(est, 1e-6)))))
-    samples = {m: [] for m in methods}
-    for r in range(cfg["repeats"]):
-        gc.collect(1)
-        order = methods[r % len(methods):] + methods[: r % len(methods)]
-        for m in order:
-            samples[m].append(benches[m].run_block(inner[m]))
+    samples, inner = round_robin(benches, cfg)
     rows = []
     elements = n_vars * size
     itemsize = np.dtype(dtype).itemsize
