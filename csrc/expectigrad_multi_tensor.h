@@ -42,7 +42,7 @@ EXPECTIGRAD_CLONES static void run_range_f64(double* var, double* sum,
 }
 
 template <typename T, typename S>
-inline void run_range(T* var, S* sum, S* cnt, T* mom, const T* grad,
+inline void run_range(T* var, S* sum, S* cnt, S* mom, const T* grad,
                       int64_t begin, int64_t end, const StepScalars<S>& p) {
   update_range_dispatch<T, S>(var, sum, cnt, mom, grad, begin, end, p);
 }

@@ -14,9 +14,11 @@
 // included by the TensorFlow CPU kernel, the CUDA kernel and the standalone
 // pybind11 harness, so the same arithmetic runs everywhere.
 //
-// Types: `S` is the compute/state type (float or double). Variables and
-// momentum may be stored in a narrower type T (half, bfloat16); callers convert
-// to S before calling and back after.
+// Types: `S` is the compute/state type (float or double): sum, count and
+// momentum are stored in S. Variables (and gradients) may be stored in a
+// narrower type T (half, bfloat16); callers convert to S before calling and
+// back after. (The optimizer keeps sum, count and momentum of one variable in
+// one [k, *shape] state tensor of type S; see TensorChunk.)
 #ifndef EXPECTIGRAD_UPDATE_H_
 #define EXPECTIGRAD_UPDATE_H_
 
@@ -109,7 +111,7 @@ EXPECTIGRAD_HD StepScalars<S> make_step_scalars(double lr, double beta,
 // A contiguous range [begin, end) of one tensor, for any storage type T.
 // count/momentum may be null when the variant has no such slot.
 template <typename T, typename S, bool kMomentum, bool kSparseCounter>
-EXPECTIGRAD_HD void update_range(T* var, S* sum, S* cnt, T* mom, const T* grad,
+EXPECTIGRAD_HD void update_range(T* var, S* sum, S* cnt, S* mom, const T* grad,
                                  int64_t begin, int64_t end,
                                  const StepScalars<S>& scalars) {
   const StepScalars<S> p = scalars;  // a local copy: stores cannot alias it
@@ -117,19 +119,19 @@ EXPECTIGRAD_HD void update_range(T* var, S* sum, S* cnt, T* mom, const T* grad,
     S x = static_cast<S>(var[i]);
     S s = sum[i];
     S n = kSparseCounter ? cnt[i] : S(0);
-    S m = kMomentum ? static_cast<S>(mom[i]) : S(0);
+    S m = kMomentum ? mom[i] : S(0);
     update_element<S, kMomentum, kSparseCounter>(static_cast<S>(grad[i]), x, s,
                                                  n, m, p);
     var[i] = static_cast<T>(x);
     sum[i] = s;
     if (kSparseCounter) cnt[i] = n;
-    if (kMomentum) mom[i] = static_cast<T>(m);
+    if (kMomentum) mom[i] = m;
   }
 }
 
 // Runtime dispatch over the four algorithm variants.
 template <typename T, typename S>
-inline void update_range_dispatch(T* var, S* sum, S* cnt, T* mom,
+inline void update_range_dispatch(T* var, S* sum, S* cnt, S* mom,
                                   const T* grad, int64_t begin, int64_t end,
                                   const StepScalars<S>& p) {
   if (mom != nullptr) {
@@ -145,13 +147,16 @@ inline void update_range_dispatch(T* var, S* sum, S* cnt, T* mom,
   }
 }
 
-// One tensor of a multi-tensor apply: raw pointers and a length.
+// One tensor of a multi-tensor apply: raw pointers and a length. In the
+// optimizer's packed state (one [k, *shape] tensor of type S per variable:
+// sum, then count if the sparse counter is on, then momentum if beta > 0),
+// sum, cnt and mom point at consecutive `size`-element rows of that tensor.
 template <typename T, typename S>
 struct TensorChunk {
   T* var;
   S* sum;
   S* cnt;  // null without sparse counter
-  T* mom;  // null without momentum
+  S* mom;  // null without momentum
   const T* grad;
   int64_t size;
 };

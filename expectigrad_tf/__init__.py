@@ -9,7 +9,7 @@ description) import without Keras, so the GPU tools in ``tools/`` can use them
 on a machine that has no TensorFlow.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 try:
     import keras as _keras  # noqa: F401

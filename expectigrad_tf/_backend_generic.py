@@ -21,6 +21,9 @@ class GenericBackend:
             self._record(var, path, reason)
         super()._backend_update_step(grads, trainable_variables, learning_rate)
 
+    def _make_state_slot(self, ref, name, dtype, shape):
+        return self._new_state_variable(ref, name, dtype, shape)
+
     @staticmethod
     def _is_sparse(gradient):
         return False

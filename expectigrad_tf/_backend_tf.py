@@ -31,12 +31,11 @@ class TFBackend:
     """Mixin over ``keras.optimizers.Optimizer`` (TF backend)."""
 
     # ------------------------------------------------------------- slots
-    def _make_state_slot(self, ref, name, dtype):
-        """A zeros slot of another dtype than ``ref``, placed with ``ref``."""
-        make = super()._make_state_slot
+    def _make_state_slot(self, ref, name, dtype, shape):
+        """A zeros state variable, placed with ``ref``."""
         colocate = ref.value if isinstance(ref, keras.Variable) else ref
         with self._distribution_strategy.extended.colocate_vars_with(colocate):
-            return make(ref, name, dtype)
+            return self._new_state_variable(ref, name, dtype, shape)
 
     # ---------------------------------------------------------- dispatch
     def _choose(self, grad, var, strategy=None):
@@ -187,14 +186,6 @@ class TFBackend:
     def _fused_apply(self, variables, grads, learning_rate):
         state = self._state_dtype(variables[0].dtype)
         scalar_dtype = tf.float64 if state == "float64" else tf.float32
-        sums, counts, moms = [], [], []
-        for v in variables:
-            s, n, m = self._slots_for(v)
-            sums.append(tf_variable(s).handle)
-            if n is not None:
-                counts.append(tf_variable(n).handle)
-            if m is not None:
-                moms.append(tf_variable(m).handle)
         lr = tf.cast(learning_rate, scalar_dtype)
         ok = getattr(self, "_step_ok", None)
         if ok is not None:
@@ -204,14 +195,14 @@ class TFBackend:
             lr = tf.where(ok, lr, tf.constant(float("nan"), scalar_dtype))
         return _ops.op_module().expectigrad_apply(
             var=[v.handle for v in variables],
-            sum=sums,
-            count=counts,
-            momentum=moms,
+            state=[tf_variable(self._state_for(v)).handle for v in variables],
             grad=[tf.cast(g, v.dtype) for g, v in zip(grads, variables)],
             lr=lr,
             beta=tf.constant(self.beta, scalar_dtype),
             epsilon=tf.constant(self.epsilon, scalar_dtype),
             step=tf.cast(self.iterations + 1, tf.int64),
+            sparse_counter=bool(self.sparse_counter),
+            momentum=bool(self.beta > 0),
         )
 
     # --------------------------------------------------------- sparse path
@@ -225,45 +216,47 @@ class TFBackend:
         the given rows, the momentum decays everywhere. Lazy
         (``lazy_sparse=True``): momentum and variable change only on the given
         rows too (bias correction with the global step)."""
-        s_var, n_var, m_var = self._slots_for(variable)
-        state = s_var.dtype
-        lr_t, step, beta, one_minus_beta, eps = self._scalars(learning_rate, state)
+        state_var = tf_variable(self._state_for(variable))
+        state = state_var.dtype
+        scalars = self._scalars(learning_rate, state)
+        lr_t, beta = scalars[0], scalars[2]
+        _, momentum = self._state_rows()
         # Sum duplicate indices first, as densifying would.
         indices, positions = tf.unique(gradient.indices)
         values = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(indices)[0])
         g = tf.cast(values, state)
-        gg = g * g
-        s_old = tf.gather(tf_variable(s_var), indices)
-        s_rows = s_old + gg
-        if n_var is not None:
-            n_old = tf.gather(tf_variable(n_var), indices)
-            n_rows = n_old + tf.sign(gg)
-        else:
-            n_rows = step
-        tf_variable(s_var).scatter_update(tf.IndexedSlices(self._gate(s_rows, s_old), indices))
-        if n_var is not None:
-            tf_variable(n_var).scatter_update(tf.IndexedSlices(self._gate(n_rows, n_old), indices))
-        u = g / (eps + tf.sqrt(tf.math.divide_no_nan(s_rows, n_rows)))
         var = tf_variable(variable)
-        if m_var is not None and self.lazy_sparse:
-            m_old = tf.gather(tf_variable(m_var), indices)
-            m_rows = beta * tf.cast(m_old, state) + one_minus_beta * u
-            x_old = tf.gather(var, indices)
-            x_rows = tf.cast(tf.cast(x_old, state) - lr_t * m_rows, var.dtype)
-            tf_variable(m_var).scatter_update(
-                tf.IndexedSlices(self._gate(tf.cast(m_rows, m_var.dtype), m_old), indices))
-            var.scatter_update(tf.IndexedSlices(self._gate(x_rows, x_old), indices))
-        elif m_var is not None:
-            m = beta * tf.cast(tf_variable(m_var), state)
-            m_rows = tf.gather(m, indices) + one_minus_beta * u
-            m = tf.tensor_scatter_nd_update(m, indices[:, None], m_rows)
-            x = tf.cast(variable, state) - lr_t * m
-            self._assign_state(m_var, tf.cast(m, m_var.dtype))
+        if momentum is not None and not self.lazy_sparse:
+            # Exact with momentum: every row's momentum decays, so the whole
+            # state and variable are written (O(table)).
+            old = tf.convert_to_tensor(state_var)
+            new_rows, _ = self._rows_update(g, tf.gather(old, indices, axis=1), scalars)
+            bases = [old[j] for j in range(self._num_state_rows())]
+            bases[momentum] = beta * bases[momentum]
+            new = tf.stack([tf.tensor_scatter_nd_update(base, indices[:, None], new_rows[j])
+                            for j, base in enumerate(bases)])
+            x = tf.cast(variable, state) - lr_t * new[momentum]
+            self._assign_state(state_var, new)
             self._assign_state(variable, tf.cast(x, variable.dtype))
-        else:
-            x_old = tf.gather(var, indices)
-            x_rows = tf.cast(tf.cast(x_old, state) - lr_t * u, var.dtype)
-            var.scatter_update(tf.IndexedSlices(self._gate(x_rows, x_old), indices))
+            return
+        # Rows only: sum, count (and, lazily, momentum) and the variable.
+        old_rows = tf.gather(state_var, indices, axis=1)  # (state rows, k, ...)
+        new_rows, m = self._rows_update(g, old_rows, scalars)
+        x_old = tf.gather(var, indices)
+        x_rows = tf.cast(tf.cast(x_old, state) - lr_t * m, var.dtype)
+        state_var.scatter_nd_update(
+            self._state_row_indices(indices, new_rows.shape[0]),
+            self._gate(new_rows, old_rows))
+        var.scatter_update(tf.IndexedSlices(self._gate(x_rows, x_old), indices))
+
+    @staticmethod
+    def _state_row_indices(indices, rows):
+        """``scatter_nd`` indices of the given table rows in every state row:
+        shape (rows, k, 2), entry (r, i) = (r, indices[i])."""
+        idx = tf.cast(indices, tf.int64)
+        r = tf.range(rows, dtype=tf.int64)
+        return tf.stack([tf.broadcast_to(r[:, None], [rows, tf.shape(idx)[0]]),
+                         tf.broadcast_to(idx[None, :], [rows, tf.shape(idx)[0]])], axis=-1)
 
     def _gate(self, new, old):
         """``new``, or ``old`` when a gated step's checks failed (see apply)."""

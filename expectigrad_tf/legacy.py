@@ -57,11 +57,16 @@ def _borrow(cls, *names):
 # names): the dispatch decision, the fused op call and the sparse path.
 _TF_SHARED = _borrow(
     TFBackend, "_choose", "_fused_apply", "_sparse_update", "_gate", "_is_sparse",
-    "_fused_unavailable_reason")
+    "_fused_unavailable_reason", "_state_row_indices")
 _SHARED = _borrow(
     _k3.Expectigrad,
     "_state_dtype",        # float32 state for 16-bit variables
-    "_slots_for",          # (sum, count, momentum) of a variable
+    "_num_state_rows",     # the packed state: 1 + sparse_counter + (beta > 0) rows
+    "_state_rows",         # which row is count, which momentum
+    "_state_for",          # the state variable of a variable
+    "_slots_for",          # (sum, count, momentum) of a variable, read
+    "slot_values",         # the same as NumPy arrays, by name
+    "_rows_update",        # Algorithm 1 on state rows
     "_scalars",            # lr_t, t, beta, 1 - beta, epsilon
     "_assign_state",
     "_dense_update",       # the composite maths (keras.ops)
@@ -102,9 +107,10 @@ class Expectigrad(tf_keras.optimizers.Optimizer):
             updates with XLA; variables that take the fused op call it outside
             XLA, and sparse gradients are never XLA-compiled here.
 
-    Slots, per variable: ``sum``, ``count`` (if ``sparse_counter``),
-    ``momentum`` (if ``beta > 0``); ``sum``/``count`` are float32 for
-    float16/bfloat16 variables, otherwise of the variable's dtype.
+    State, per variable: one packed variable of shape ``(rows,) + shape``
+    (``sum``, ``count`` if ``sparse_counter``, ``momentum`` if ``beta > 0``),
+    float32 for float16/bfloat16 variables, otherwise of the variable's
+    dtype; ``slot_values(variable)`` returns the rows by name.
     """
 
     def __init__(
@@ -154,7 +160,7 @@ class Expectigrad(tf_keras.optimizers.Optimizer):
 
     # ------------------------------------------------------------------ state
     def build(self, var_list):
-        """Creates the slots: sum, count (sparse counter), momentum (beta > 0)."""
+        """Creates the state: one packed variable per trained variable."""
         super().build(var_list)
         if getattr(self, "_built", False):
             return
@@ -164,26 +170,20 @@ class Expectigrad(tf_keras.optimizers.Optimizer):
                 raise RuntimeError(
                     f"Expectigrad(fused=True): the fused op cannot be used: {reason}")
         self._built = True
-        self._sums, self._counts, self._momentums = [], [], []
+        self._states = []
         for var in var_list:
-            state = self._state_dtype(var.dtype)
-            self._sums.append(self._add_slot(var, "sum", state))
-            self._counts.append(
-                self._add_slot(var, "count", state) if self.sparse_counter else None)
-            self._momentums.append(
-                self._add_slot(var, "momentum", var.dtype) if self.beta > 0 else None)
+            self._states.append(self._add_state(var))
 
-    def _add_slot(self, var, name, dtype):
-        dtype = tf.as_dtype(dtype)
-        if dtype == tf.as_dtype(getattr(var, "true_dtype", var.dtype)):
-            return self.add_variable_from_reference(var, name)
-        # Another dtype (float32 state of a 16-bit variable): created as
-        # add_variable_from_reference creates slots (name, placement).
+    def _add_state(self, var):
+        """The packed state of ``var`` (see the Keras 3 class), created as
+        ``add_variable_from_reference`` creates slots (name, placement)."""
+        dtype = tf.as_dtype(self._state_dtype(var.dtype))
+        shape = (self._num_state_rows(),) + tuple(var.shape)
         with tf.distribute.get_strategy().extended.colocate_vars_with(var):
-            slot = tf.Variable(tf.zeros(var.shape, dtype), name=f"{name}/{var._shared_name}",
-                               dtype=dtype, trainable=False)
-        self._variables.append(slot)
-        return slot
+            state = tf.Variable(tf.zeros(shape, dtype), name=f"state/{var._shared_name}",
+                                dtype=dtype, trainable=False)
+        self._variables.append(state)
+        return state
 
     def _get_variable_index(self, variable):
         return self._index_dict[self._var_key(variable)]

@@ -22,7 +22,8 @@ from expectigrad_tf.dispatch import COMPOSITE, COMPOSITE_XLA, FUSED, SPARSE, SPA
 
 
 def _state_dtype(dtype):
-    """sum/count dtype for a variable dtype: float32 for 16-bit floats."""
+    """State (sum, count, momentum) dtype for a variable dtype: float32 for
+    16-bit floats."""
     dtype = keras.backend.standardize_dtype(dtype)
     return "float32" if dtype in ("float16", "bfloat16") else dtype
 
@@ -97,7 +98,16 @@ def check_fused(fused):
 
 # Codes of the layout descriptor saved with the state (see save_own_variables).
 LAYOUT_KEY = "expectigrad_layout"
-_KINDS = {0: "iterations", 1: "learning_rate", 2: "sum", 3: "count", 4: "momentum", 5: "other"}
+# 2-4: the per-slot layout of expectigrad-tf 0.1 (one variable each for sum,
+# count and momentum), converted on load; 8-11: the packed state, 8 + 1 (count
+# row) + 2 (momentum row), so states of the same shape but other rows differ.
+_KINDS = {0: "iterations", 1: "learning_rate", 2: "sum", 3: "count", 4: "momentum", 5: "other",
+          8: "state[sum]", 9: "state[sum,count]", 10: "state[sum,momentum]",
+          11: "state[sum,count,momentum]"}
+
+
+def _state_code(count, momentum):
+    return 8 + int(bool(count)) + 2 * int(bool(momentum))
 _CODES = {v: k for k, v in _KINDS.items()}
 
 
@@ -162,10 +172,13 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
     correction uses the global ``t``. With ``beta == 0`` (no momentum) and for
     rows given at every step the two are identical.
 
-    Slots, per variable, in this order: ``sum``, ``count`` (if
-    ``sparse_counter``) and ``momentum`` (if ``beta > 0``). ``sum`` and
-    ``count`` are float32 for float16/bfloat16 variables, otherwise of the
-    variable's dtype.
+    State: one variable per trained variable (``{path}_state``), of shape
+    ``(rows,) + variable.shape``: row 0 is ``sum``, then ``count`` (if
+    ``sparse_counter``), then ``momentum`` (if ``beta > 0``). It is float32
+    for float16/bfloat16 variables, otherwise of the variable's dtype. (One
+    packed variable instead of one per slot: a compiled step's cost grows with
+    the number of variables it updates.) ``slot_values(variable)`` returns the
+    rows by name.
     """
 
     def __init__(
@@ -217,7 +230,7 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
 
     # ------------------------------------------------------------------ state
     def build(self, var_list):
-        """Creates the slots: sum, count (sparse counter), momentum (beta > 0)."""
+        """Creates the state: one packed variable per trained variable."""
         if self.built:
             return
         if self.fused is True:
@@ -227,31 +240,58 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
                     f"Expectigrad(fused=True): the fused op cannot be used: {reason}"
                 )
         super().build(var_list)
-        self._sums, self._counts, self._momentums = [], [], []
+        self._states = []
         for var in var_list:
             if self._overwrite_variable_with_gradient(var):
-                for slots in (self._sums, self._counts, self._momentums):
-                    slots.append(None)
+                self._states.append(None)
                 continue
-            state = _state_dtype(var.dtype)
-            self._sums.append(self._make_slot(var, "sum", state))
-            self._counts.append(
-                self._make_slot(var, "count", state) if self.sparse_counter else None
-            )
-            self._momentums.append(
-                self._make_slot(var, "momentum", var.dtype) if self.beta > 0 else None
-            )
+            self._states.append(self._make_state_slot(
+                var, "state", _state_dtype(var.dtype),
+                (self._num_state_rows(),) + tuple(var.shape)))
 
-    def _make_slot(self, ref, name, dtype):
-        if keras.backend.standardize_dtype(dtype) == keras.backend.standardize_dtype(ref.dtype):
-            return self.add_variable_from_reference(ref, name=name)
-        return self._make_state_slot(ref, name, dtype)
+    def _new_state_variable(self, ref, name, dtype, shape):
+        """A zeros state variable of ``shape`` (named as
+        ``add_variable_from_reference`` names slots). Called through the
+        backend's ``_make_state_slot``, which adds placement (on TF: with
+        ``ref``, e.g. on its parameter server)."""
+        if hasattr(ref, "path"):
+            full_name = f"{ref.path.replace('/', '_')}_{name}"
+        else:  # a tf.Variable
+            full_name = str(ref.name).replace("/", "_").replace(":", "_") + f"_{name}"
+        return self.add_variable(shape=shape, initializer="zeros", dtype=dtype, name=full_name)
 
-    def _make_state_slot(self, ref, name, dtype):
-        """A zeros slot of another dtype than ``ref`` (named as
-        ``add_variable_from_reference`` names them); backends add placement."""
-        full_name = f"{ref.path.replace('/', '_')}_{name}" if hasattr(ref, "path") else name
-        return self.add_variable(shape=ref.shape, initializer="zeros", dtype=dtype, name=full_name)
+    # The packed state, shared by every class (Keras 3, tf_keras, compat.v1).
+    def _num_state_rows(self):
+        return 1 + int(self.sparse_counter) + int(self.beta > 0)
+
+    def _state_rows(self):
+        """(count row, momentum row) of the packed state; None where absent
+        (row 0 is the sum)."""
+        count = 1 if self.sparse_counter else None
+        momentum = 1 + int(self.sparse_counter) if self.beta > 0 else None
+        return count, momentum
+
+    def _state_for(self, variable):
+        return self._states[self._get_variable_index(variable)]
+
+    def _slots_for(self, variable):
+        """(sum, count, momentum) of ``variable`` as tensors (read now);
+        None for an absent slot."""
+        state = self._state_for(variable)
+        if state is None:
+            return None, None, None
+        value = ops.convert_to_tensor(state)
+        count, momentum = self._state_rows()
+        return (value[0], None if count is None else value[count],
+                None if momentum is None else value[momentum])
+
+    def slot_values(self, variable):
+        """``{"sum": ..., "count": ..., "momentum": ...}`` for ``variable``
+        (NumPy arrays of the state dtype; slots the configuration does not
+        keep are left out)."""
+        names = ("sum", "count", "momentum")
+        return {name: ops.convert_to_numpy(value)
+                for name, value in zip(names, self._slots_for(variable)) if value is not None}
 
     @staticmethod
     def _state_dtype(dtype):
@@ -263,13 +303,39 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         kinds = {id(self._iterations): "iterations"}
         if isinstance(self._learning_rate, keras.Variable):
             kinds[id(self._learning_rate)] = "learning_rate"
-        for kind, slots in (("sum", getattr(self, "_sums", [])),
-                            ("count", getattr(self, "_counts", [])),
-                            ("momentum", getattr(self, "_momentums", []))):
-            for slot in slots:
-                if slot is not None:
-                    kinds[id(slot)] = kind
+        count, momentum = self._state_rows()
+        for state in getattr(self, "_states", []):
+            if state is not None:
+                kinds[id(state)] = _KINDS[_state_code(count is not None, momentum is not None)]
         return [_CODES[kinds.get(id(v), "other")] for v in self.variables]
+
+    def _convert_per_slot_layout(self, codes, values):
+        """State saved by expectigrad-tf 0.1 (one array each for sum, count
+        and momentum, codes 2-4) as packed states: each run sum, count?,
+        momentum? becomes one ``(rows,) + shape`` array of the sum's dtype.
+        Returns (codes, values) unchanged when there is nothing to convert."""
+        if not any(c in (2, 3, 4) for c in codes):
+            return codes, values
+        out_codes, out_values, i = [], [], 0
+        while i < len(codes):
+            if codes[i] != 2:
+                out_codes.append(codes[i])
+                out_values.append(values[i])
+                i += 1
+                continue
+            rows, kinds = [np.asarray(values[i])], []
+            i += 1
+            while i < len(codes) and codes[i] in (3, 4) and codes[i] not in kinds:
+                if kinds and codes[i] < kinds[-1]:
+                    break  # momentum, then count: not one variable's slots
+                kinds.append(codes[i])
+                rows.append(np.asarray(values[i]).astype(rows[0].dtype))
+                i += 1
+            if len({r.shape for r in rows}) != 1:
+                return codes, values  # not a per-slot layout: reported as saved
+            out_codes.append(_state_code(3 in kinds, 4 in kinds))
+            out_values.append(np.stack(rows))
+        return out_codes, out_values
 
     @staticmethod
     def _describe(codes, shapes, dtypes):
@@ -286,7 +352,8 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
 
     def load_own_variables(self, store):
         """Restores state saved by ``save_own_variables`` (``.keras`` /
-        ``.weights.h5``), after checking the saved layout (which slots, in
+        ``.weights.h5``; the per-slot layout of expectigrad-tf 0.1 is
+        converted to packed states first), after checking the saved layout (which slots, in
         which order, their shapes and dtypes) against this optimizer's: on any
         mismatch (including a different number of arrays) it raises
         ``ValueError`` naming both layouts, and nothing is restored."""
@@ -296,6 +363,9 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         if LAYOUT_KEY in list(store.keys()):
             saved_codes = [int(c) for c in np.asarray(store[LAYOUT_KEY]).reshape(-1)]
         values = [store[str(i)] for i in range(len(keys)) if str(i) in keys]
+        if saved_codes is not None and len(saved_codes) == len(values):
+            saved_codes, values = self._convert_per_slot_layout(saved_codes, values)
+            keys = [str(i) for i in range(len(values))]
         saved_shapes = [tuple(getattr(v, "shape", ())) for v in values]
         saved_dtypes = [keras.backend.standardize_dtype(getattr(v, "dtype", type(v)))
                         for v in values]
@@ -380,10 +450,6 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
                 "(no broadcasting)"
             )
 
-    def _slots_for(self, variable):
-        i = self._get_variable_index(variable)
-        return self._sums[i], self._counts[i], self._momentums[i]
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -454,28 +520,36 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
                               ops.convert_to_tensor(variable))
         self.assign(variable, value)
 
-    def _dense_update(self, gradient, variable, learning_rate):
-        s_var, n_var, m_var = self._slots_for(variable)
-        state = s_var.dtype
-        lr_t, step, beta, one_minus_beta, eps = self._scalars(learning_rate, state)
-        g = ops.cast(gradient, state)
+    def _rows_update(self, g, old, scalars):
+        """Algorithm 1 on rows of the packed state: ``old`` is the state
+        (``(rows,) + shape``, read), ``g`` the gradient in the state dtype.
+        Returns (new state rows stacked, the step's momentum or normalised
+        gradient ``u`` that moves the variable)."""
+        _, step, beta, one_minus_beta, eps = scalars
+        count, momentum = self._state_rows()
         gg = g * g
-        s = s_var + gg
-        if n_var is not None:
-            n = n_var + ops.sign(gg)
+        s = old[0] + gg
+        rows = [s]
+        if count is not None:
+            n = old[count] + ops.sign(gg)
+            rows.append(n)
         else:
             n = step
         u = g / (eps + ops.sqrt(ops.divide_no_nan(s, n)))
-        x = ops.cast(variable, state)
-        self._assign_state(s_var, s)
-        if n_var is not None:
-            self._assign_state(n_var, n)
-        if m_var is not None:
-            m = beta * ops.cast(m_var, state) + one_minus_beta * u
-            self._assign_state(m_var, ops.cast(m, m_var.dtype))
-            self._assign_state(variable, ops.cast(x - lr_t * m, variable.dtype))
-        else:
-            self._assign_state(variable, ops.cast(x - lr_t * u, variable.dtype))
+        if momentum is not None:
+            u = beta * old[momentum] + one_minus_beta * u
+            rows.append(u)
+        return ops.stack(rows), u
+
+    def _dense_update(self, gradient, variable, learning_rate):
+        state_var = self._state_for(variable)
+        state = state_var.dtype
+        scalars = self._scalars(learning_rate, state)
+        new_state, m = self._rows_update(
+            ops.cast(gradient, state), ops.convert_to_tensor(state_var), scalars)
+        x = ops.cast(variable, state) - scalars[0] * m
+        self._assign_state(state_var, new_state)
+        self._assign_state(variable, ops.cast(x, variable.dtype))
 
 
 if Expectigrad.__doc__ is not None:

@@ -14,8 +14,9 @@ enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3
 
 enum class ScalarType : int { kFloat32 = 0, kFloat64 = 1 };
 
-// One tensor: var/mom/grad in the storage dtype, sum/cnt in float32
-// (float64 for kFloat64). cnt and mom may be null.
+// One tensor: var/grad in the storage dtype (`dtype`); sum/cnt/mom in the
+// state dtype, float32 (float64 for kFloat64), each aligned to its element
+// type. cnt and mom may be null.
 struct RawChunk {
   void* var;
   void* sum;

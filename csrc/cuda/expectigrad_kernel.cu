@@ -54,7 +54,7 @@ struct LaunchArgs {
   T* var[kMaxTensors];
   S* sum[kMaxTensors];
   S* cnt[kMaxTensors];
-  T* mom[kMaxTensors];
+  S* mom[kMaxTensors];  // momentum is state: type S, like sum and count
   const T* grad[kMaxTensors];
   int64_t end[kMaxTensors];  // exclusive prefix end of each tensor
   int num;
@@ -105,13 +105,13 @@ __global__ void __launch_bounds__(kThreads)
     S x = static_cast<S>(args.var[t][j]);
     S s = args.sum[t][j];
     S n = kSparseCounter ? args.cnt[t][j] : S(0);
-    S m = kMomentum ? static_cast<S>(args.mom[t][j]) : S(0);
+    S m = kMomentum ? args.mom[t][j] : S(0);
     update_element<S, kMomentum, kSparseCounter>(
         static_cast<S>(args.grad[t][j]), x, s, n, m, p);
     args.var[t][j] = static_cast<T>(x);
     args.sum[t][j] = s;
     if (kSparseCounter) args.cnt[t][j] = n;
-    if (kMomentum) args.mom[t][j] = static_cast<T>(m);
+    if (kMomentum) args.mom[t][j] = m;
   }
 }
 
@@ -230,7 +230,9 @@ int validate(DType dtype, const RawChunk* chunks, int num_chunks,
   *launches = 0;
   if (num_chunks < 0) return reject(report, -1, "num_chunks is negative");
   if (num_chunks > 0 && chunks == nullptr) return reject(report, -1, "chunks is null");
-  size_t t_align = 0, s_align = 0;  // var/mom/grad and sum/count element sizes
+  // Element sizes: t_align of var/grad (the storage dtype), s_align of
+  // sum/count/momentum (the state dtype).
+  size_t t_align = 0, s_align = 0;
   switch (dtype) {
     case DType::kFloat32: t_align = s_align = 4; break;
     case DType::kFloat64: t_align = s_align = 8; break;
@@ -246,9 +248,9 @@ int validate(DType dtype, const RawChunk* chunks, int num_chunks,
     if (c.var == nullptr) return reject(report, i, "var is null");
     if (c.sum == nullptr) return reject(report, i, "sum is null");
     if (c.grad == nullptr) return reject(report, i, "grad is null");
-    if (!aligned(c.var, t_align) || !aligned(c.grad, t_align) ||
-        (c.mom != nullptr && !aligned(c.mom, t_align)) || !aligned(c.sum, s_align) ||
-        (c.cnt != nullptr && !aligned(c.cnt, s_align)))
+    if (!aligned(c.var, t_align) || !aligned(c.grad, t_align) || !aligned(c.sum, s_align) ||
+        (c.cnt != nullptr && !aligned(c.cnt, s_align)) ||
+        (c.mom != nullptr && !aligned(c.mom, s_align)))
       return reject(report, i, "a pointer is not aligned to its element type");
     // The kernel variant (with/without count and momentum) is chosen once per
     // call from the first non-empty chunk: every other must agree.
@@ -322,7 +324,7 @@ int launch_typed(const RawChunk* chunks, int num_chunks, const KernelScalars& k,
       args.var[args.num] = static_cast<T*>(c.var);
       args.sum[args.num] = static_cast<S*>(c.sum);
       args.cnt[args.num] = static_cast<S*>(c.cnt);
-      args.mom[args.num] = static_cast<T*>(c.mom);
+      args.mom[args.num] = static_cast<S*>(c.mom);
       args.grad[args.num] = static_cast<const T*>(c.grad);
       total += c.size;
       args.end[args.num] = total;

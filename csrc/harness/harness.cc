@@ -1,8 +1,10 @@
 // pybind11 harness over the kernels in csrc/, with no TensorFlow dependency.
 //
 // CPU: apply_cpu(...) runs the multi-tensor host loop on NumPy arrays in place
-// (float32 and float64). The CUDA launcher is exposed by a second module
-// (harness_cuda.cc) that scripts/gpu_check.py builds on GPU machines.
+// (float32 and float64 variables; sum, count and momentum in the state dtype,
+// which for these is the variable's own). The CUDA launcher is exposed by a
+// second module (harness_cuda.cc) that scripts/gpu_check.py builds on GPU
+// machines.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -42,12 +44,22 @@ py::array as_array(py::handle obj, const std::string& name) {
 }
 
 template <typename S>
+const char* state_name() {
+  return sizeof(S) == 8 ? "float64" : "float32";
+}
+
+// The data of a var/sum/count/momentum/grad array. All are of type S: the
+// variable's dtype (float32 or float64), which is also its state dtype.
+template <typename S>
 S* data_of(py::handle obj, const std::string& name, py::ssize_t size) {
   const py::array arr = as_array(obj, name);
-  if (!py::isinstance<py::array_t<S>>(obj) || !(arr.flags() & py::array::c_style) ||
-      !arr.writeable())
-    throw py::value_error(name + " must be a writeable C-contiguous array of the "
-                          "state dtype");
+  if (!py::isinstance<py::array_t<S>>(obj))
+    throw py::value_error(name + " is " + std::string(py::str(arr.dtype())) +
+                          " but var[0] is " + state_name<S>() + ": expected " +
+                          state_name<S>() + " (the state dtype of " + state_name<S>() +
+                          " variables)");
+  if (!(arr.flags() & py::array::c_style) || !arr.writeable())
+    throw py::value_error(name + " must be a writeable C-contiguous array");
   if (arr.size() != size)
     throw py::value_error(name + " has " + std::to_string(arr.size()) +
                           " elements, var has " + std::to_string(size));

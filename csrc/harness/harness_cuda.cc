@@ -13,12 +13,13 @@
 //   copy(dst, src, stream=0), synchronize(stream=None)
 //   device_count(), device_info(device=0), runtime_version(), driver_version()
 //
-// Arrays: var/momentum/grad in float32, float64, float16 or bfloat16, all the
-// same dtype; sum/count in float32 (float64 for float64 variables); every
-// array C-contiguous with the same shape as its var; count is None without
-// the sparse counter and momentum None for beta == 0, as in apply_cpu.
+// Arrays: var/grad in float32, float64, float16 or bfloat16, all the same
+// dtype; the state sum/count/momentum in float32 (float64 for float64
+// variables); every array C-contiguous with the same shape as its var; count
+// is None without the sparse counter and momentum None for beta == 0, as in
+// apply_cpu.
 //
-// dtype of var/momentum/grad, in this order:
+// dtype of var/grad, in this order:
 //   1. the `dtype` argument when given ("float32", "float64", "float16",
 //      "bfloat16", or a NumPy/PyTorch dtype whose str() names one): the data
 //      are reinterpreted, only the item size must match. Use it for bfloat16
@@ -192,7 +193,7 @@ DType dtype_from_name(const py::handle& obj) {
                         std::string(py::str(obj)) + "'");
 }
 
-// The dtype of a var/momentum/grad argument (see the header comment).
+// The dtype of a var/grad argument (see the header comment).
 DType resolve_dtype(py::handle obj, const Interface& a, const std::string& what,
                     const py::object& override_dtype) {
   if (!override_dtype.is_none()) {
@@ -219,7 +220,7 @@ DType resolve_dtype(py::handle obj, const Interface& a, const std::string& what,
   if (code == "f2") return DType::kFloat16;
   if (code == "V2") return DType::kBFloat16;
   throw py::value_error(what + " has typestr '" + a.typestr +
-                        "': var/momentum/grad must be float32, float64, float16 "
+                        "': var/grad must be float32, float64, float16 "
                         "or bfloat16 (for bfloat16 stored in another 2-byte type, "
                         "pass dtype='bfloat16')");
 }
@@ -433,6 +434,7 @@ class Plan {
         note_stream(a);
         return a.ptr;
       };
+      // sum, count and momentum: the state dtype of the variable.
       auto state = [&](const py::object& o, const char* what) {
         const std::string name = label(what, i);
         const Interface a = parse(o, name, true);
@@ -447,8 +449,7 @@ class Plan {
       };
       c.sum = reinterpret_cast<void*>(state(sums[i], "sum"));
       c.cnt = has_cnt_ ? reinterpret_cast<void*>(state(cnts[i], "count")) : nullptr;
-      c.mom = has_mom_ ? reinterpret_cast<void*>(like_var(moms[i], "momentum", true))
-                       : nullptr;
+      c.mom = has_mom_ ? reinterpret_cast<void*>(state(moms[i], "momentum")) : nullptr;
       c.grad = reinterpret_cast<const void*>(like_var(grads[i], "grad", false));
       chunks_.push_back(c);
       total_ += c.size;
@@ -595,7 +596,7 @@ PYBIND11_MODULE(_harness_cuda, m) {
   m.doc() =
       "Expectigrad CUDA kernels without TensorFlow, on __cuda_array_interface__ "
       "arrays (CuPy, PyTorch, Numba).\n\n"
-      "var/momentum/grad: float32, float64, float16 or bfloat16; sum/count: "
+      "var/grad: float32, float64, float16 or bfloat16; sum/count/momentum: "
       "float32 (float64 for float64). bfloat16 is recognised by typestr '<V2' "
       "or an object whose dtype prints as torch.bfloat16; otherwise pass "
       "dtype='bfloat16' (e.g. for uint16 CuPy arrays holding bfloat16 bits). "
@@ -631,7 +632,7 @@ PYBIND11_MODULE(_harness_cuda, m) {
         py::arg("dtype") = py::none(), py::arg("lr_dtype") = "float64",
         "One Expectigrad step in place on lists of device arrays, launched "
         "asynchronously on `stream`. count and momentum may be None (sparse "
-        "counter off / beta == 0). dtype overrides the var/momentum/grad dtype.");
+        "counter off / beta == 0). dtype overrides the var/grad dtype.");
   m.def("set_max_blocks", &expectigrad::cuda::set_max_blocks_for_testing,
         py::arg("max_blocks"),
         "Testing: caps the blocks per launch (0: default, 8 per multiprocessor), "

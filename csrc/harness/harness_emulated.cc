@@ -19,12 +19,13 @@
 //   last_launch_params() -> list of bytes, one per kernel parameter
 //   reset_stats()
 //
-// Arrays: var/momentum/grad float32, float64, float16, or bfloat16 (an
-// ml_dtypes bfloat16 array, or uint16 bit patterns with dtype="bfloat16");
-// sum/count float32 (float64 for float64 variables); all C-contiguous (views
-// at any element offset are fine) and as long as their var. count is None
-// without the sparse counter and momentum None for beta == 0. An empty array
-// is passed to the launcher with null pointers, as TensorFlow and XLA may.
+// Arrays: var/grad float32, float64, float16, or bfloat16 (an ml_dtypes
+// bfloat16 array, or uint16 bit patterns with dtype="bfloat16"); the state
+// sum/count/momentum float32 (float64 for float64 variables); all
+// C-contiguous (views at any element offset are fine) and as long as their
+// var. count is None without the sparse counter and momentum None for
+// beta == 0. An empty array is passed to the launcher with null pointers, as
+// TensorFlow and XLA may.
 //
 // corrupt (testing the launcher's validation): a list of (field, index,
 // value) applied to the chunks after the arguments are checked: field
@@ -83,7 +84,7 @@ py::array as_array(py::handle obj, const std::string& name, bool writable) {
   return a;
 }
 
-// The storage dtype of var/momentum/grad arrays.
+// The storage dtype of var/grad arrays.
 DType storage_dtype(const py::array& a, const std::string& name,
                     const py::object& override_dtype) {
   const std::string kind = py::str(a.dtype());
@@ -191,19 +192,23 @@ py::dict apply(const py::object& var, const py::object& sum, const py::object& c
                               " with as many elements as var[" + std::to_string(i) + "]");
       return a;
     };
+    // sum, count and momentum: the state dtype of the variable.
     auto state = [&](py::handle o, const char* what) {
       py::array a = as_array(o, label(what, i), true);
       const std::string want = dt == DType::kFloat64 ? "float64" : "float32";
-      if (std::string(py::str(a.dtype())) != want || a.size() != v.size())
-        throw py::value_error(label(what, i) + " must be " + want +
-                              " with as many elements as var[" + std::to_string(i) + "]");
+      const std::string got = py::str(a.dtype());
+      if (got != want || a.size() != v.size())
+        throw py::value_error(label(what, i) + " must be " + want + " (the state dtype of " +
+                              dtype_name(dt) + " variables) with as many elements as var[" +
+                              std::to_string(i) + "], got " + got + " with " +
+                              std::to_string(a.size()));
       return a;
     };
     RawChunk c{};
     c.var = data_or_null(v);
     c.sum = data_or_null(state(sums[i], "sum"));
     c.cnt = has_cnt ? data_or_null(state(cnts[i], "count")) : nullptr;
-    c.mom = has_mom ? data_or_null(like_var(moms[i], "momentum", true)) : nullptr;
+    c.mom = has_mom ? data_or_null(state(moms[i], "momentum")) : nullptr;
     c.grad = data_or_null(like_var(grads[i], "grad", false));
     c.size = v.size();
     chunks.push_back(c);

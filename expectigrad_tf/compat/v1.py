@@ -69,12 +69,13 @@ class ExpectigradOptimizer(tf.compat.v1.train.Optimizer):
             gradient gives Algorithm 1's exact update; True: only its rows of
             every slot and of the variable change, as in the Keras 3 class.
 
-    Slots (``get_slot(var, name)``): ``"sum"``, ``"count"`` (if
-    ``sparse_counter``), ``"momentum"`` (if ``beta > 0``); ``sum``/``count``
-    are float32 for 16-bit variables. The step ``t - 1`` is a non-trainable
-    int64 variable (``iterations``; ``<name>_step`` in a graph), saved with
-    the other variables by ``tf.compat.v1.train.Saver`` and
-    ``tf.train.Checkpoint``.
+    Slot (``get_slot(var, "state")``): one packed variable of shape
+    ``(rows,) + var.shape``: ``sum``, then ``count`` (if
+    ``sparse_counter``), then ``momentum`` (if ``beta > 0``); float32 for
+    16-bit variables. ``slot_values(var)`` (eager) returns the rows by
+    name. The step ``t - 1`` is a non-trainable int64 variable
+    (``iterations``; ``<name>_step`` in a graph), saved with the other
+    variables by ``tf.compat.v1.train.Saver`` and ``tf.train.Checkpoint``.
 
     Raises:
         ValueError: an argument is invalid (the message names it and its value).
@@ -125,12 +126,20 @@ class ExpectigradOptimizer(tf.compat.v1.train.Optimizer):
         for var in var_list:
             self._index.setdefault(_tf_optimizer._var_key(var), len(self._index))
             state = tf.as_dtype(self._state_dtype(var.dtype.base_dtype))
-            names = ["sum"] + (["count"] if self.sparse_counter else [])
-            for slot in names:
-                self._get_or_make_slot_with_initializer(
-                    var, tf.compat.v1.zeros_initializer(), var.shape, state, slot, self._name)
-            if self.beta > 0:
-                self._zeros_slot(var, "momentum", self._name)
+            shape = tf.TensorShape([self._num_state_rows()]).concatenate(var.shape)
+            self._get_or_make_slot_with_initializer(
+                var, tf.compat.v1.zeros_initializer(), shape, state, "state", self._name)
+
+    def _get_or_make_slot_with_initializer(self, var, initializer, shape, dtype, slot_name,
+                                           op_name):
+        """The base class's, with the packed state's shape and dtype: its
+        eager checkpoint restore (``_create_or_restore_slot_variable``)
+        creates slots with the variable's shape and dtype."""
+        if slot_name == "state":
+            shape = tf.TensorShape([self._num_state_rows()]).concatenate(var.shape)
+            dtype = tf.as_dtype(self._state_dtype(var.dtype.base_dtype))
+        return super()._get_or_make_slot_with_initializer(
+            var, initializer, shape, dtype, slot_name, op_name)
 
     @property
     def iterations(self):
@@ -145,10 +154,8 @@ class ExpectigradOptimizer(tf.compat.v1.train.Optimizer):
             raise ValueError("Expectigrad: no step variable yet (apply gradients first)")
         return step
 
-    def _slots_for(self, variable):
-        return (self.get_slot(variable, "sum"),
-                self.get_slot(variable, "count") if self.sparse_counter else None,
-                self.get_slot(variable, "momentum") if self.beta > 0 else None)
+    def _state_for(self, variable):
+        return self.get_slot(variable, "state")
 
     def _get_variable_index(self, variable):
         return self._index.get(_tf_optimizer._var_key(variable), len(self._index))
@@ -245,8 +252,11 @@ class ExpectigradOptimizer(tf.compat.v1.train.Optimizer):
 for _name, _attr in {
     **{name: TFBackend.__dict__[name] for name in (
         "_choose", "_fused_apply", "_sparse_update", "_gate", "_is_sparse",
-        "_fused_unavailable_reason", "_indices_in_range", "_runtime_gradient_checks")},
+        "_fused_unavailable_reason", "_indices_in_range", "_runtime_gradient_checks",
+        "_state_row_indices")},
     "_state_dtype": _k3.Expectigrad.__dict__["_state_dtype"],
+    **{name: _k3.Expectigrad.__dict__[name] for name in (
+        "_num_state_rows", "_state_rows", "_slots_for", "slot_values", "_rows_update")},
     "_scalars": _k3.Expectigrad.__dict__["_scalars"],
     "_assign_state": _k3.Expectigrad.__dict__["_assign_state"],
     "_dense_update": _k3.Expectigrad.__dict__["_dense_update"],  # the composite maths

@@ -139,9 +139,11 @@ def main(out):
             facts["sparse_is_indexed_slices"] = bool(sstep(tf.constant(idx), tf.constant(vals)))
         key = f"{beta}-lazy" if lazy else str(beta)
         arrays[f"sparse/{key}"] = table.numpy()
-        s, n, _ = opt._slots_for(table)
-        arrays[f"sparse/{key}/sum"] = s.numpy()
-        arrays[f"sparse/{key}/count"] = n.numpy()
+        slots = opt.slot_values(table)
+        for name, value in slots.items():
+            arrays[f"sparse/{key}/{name}"] = value
+        arrays[f"sparse/{key}/state"] = opt._state_for(table).numpy()
+        facts.setdefault("sparse_slots", {})[key] = sorted(slots)
         facts.setdefault("sparse_paths", {})[key] = sorted(
             {p for p, _ in opt.dispatch_report().values()})
 
@@ -149,7 +151,11 @@ def main(out):
     v16 = tf.Variable(np.ones((2, 2), np.float16))
     opt = Expectigrad(learning_rate=LR)
     opt.apply_gradients([(tf.constant(np.full((2, 2), 0.5, np.float16)), v16)])
-    facts["float16_slot_dtypes"] = [d.name for d in (s.dtype for s in opt._slots_for(v16))]
+    state = opt._state_for(v16)
+    facts["float16_state"] = [state.dtype.name, list(state.shape)]
+    facts["float16_slot_dtypes"] = {k: v.dtype.name for k, v in opt.slot_values(v16).items()}
+    arrays.update({f"float16/{k}": v for k, v in opt.slot_values(v16).items()})
+    arrays["float16/x"] = v16.numpy()
     facts["float16_paths"] = sorted({p for p, _ in opt.dispatch_report().values()})
 
     # -- arguments and config
@@ -208,6 +214,7 @@ def main(out):
     except ValueError as e:
         facts["mismatch_error"] = str(e)
     facts["mismatch_unchanged"] = [float(np.abs(w.numpy()).sum()) for w in target.variables()]
+    facts["mismatch_shapes"] = [list(w.shape) for w in target.variables()]
 
     # -- model.compile(jit_compile=True): the whole step inside XLA
     for fused in (None, False):

@@ -43,6 +43,13 @@ def _densify(idx, vals, rows=6):
 CONFIGS = [(0.9, True), (0.9, False), (0.0, True), (0.5, False)]
 
 
+def _packed(ref, beta, sparse_counter):
+    """The packed state the reference's slots make: sum, then count (if
+    sparse_counter), then momentum (if beta > 0)."""
+    return np.stack([ref.s] + ([ref.n] if sparse_counter else [])
+                    + ([ref.m] if beta > 0 else []))
+
+
 @pytest.mark.parametrize("beta,sparse_counter", CONFIGS)
 def test_session_minimize_dense_and_sparse_equal_reference(beta, sparse_counter):
     kw = dict(learning_rate=LR, beta=beta, sparse_counter=sparse_counter)
@@ -59,6 +66,13 @@ def test_session_minimize_dense_and_sparse_equal_reference(beta, sparse_counter)
         (grad, _), = sparse_opt.compute_gradients(sparse_loss, var_list=[e])
         assert isinstance(grad, tf.IndexedSlices)
         sparse_train = sparse_opt.minimize(sparse_loss, var_list=[e])
+        rows = 1 + int(sparse_counter) + int(beta > 0)
+        states = [opt.get_slot(v, "state") for opt, v in ((dense_opt, w), (sparse_opt, e))]
+        for state in states:
+            assert state.shape == (rows, 6, 2) and state.dtype.base_dtype == tf.float64
+        # (sum, count, momentum) as graph tensors (reads of the state), by name.
+        s_t, n_t, m_t = sparse_opt._slots_for(e)
+        assert (n_t is None) == (not sparse_counter) and (m_t is None) == (beta == 0)
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
             ref = ExpectigradNumpy(X0, lr=LR, beta=beta, sparse_counter=sparse_counter)
@@ -70,18 +84,24 @@ def test_session_minimize_dense_and_sparse_equal_reference(beta, sparse_counter)
                 sref.step(_densify(idx, vals))
             np.testing.assert_allclose(sess.run(w), ref.x, rtol=1e-10)
             np.testing.assert_allclose(sess.run(e), sref.x, rtol=1e-10)
-            s = sess.run(sparse_opt.get_slot(e, "sum"))
+            dense_state, sparse_state = sess.run(states)
+            np.testing.assert_allclose(dense_state, _packed(ref, beta, sparse_counter),
+                                       rtol=1e-10, atol=1e-15)
+            np.testing.assert_allclose(sparse_state, _packed(sref, beta, sparse_counter),
+                                       rtol=1e-10, atol=1e-15)
+            s = sess.run(s_t)
             np.testing.assert_allclose(s, sref.s, rtol=1e-10)
             assert np.all(s[4:] == 0)  # rows never given
             np.testing.assert_array_equal(sess.run(e)[4:], X0[4:])
             if sparse_counter:
-                np.testing.assert_array_equal(sess.run(sparse_opt.get_slot(e, "count")), sref.n)
+                np.testing.assert_array_equal(sess.run(n_t), sref.n)
+            if beta > 0:
+                np.testing.assert_allclose(sess.run(m_t), sref.m, rtol=1e-10, atol=1e-15)
             assert sess.run(dense_opt.iterations) == len(_grads())
             assert sess.run(sparse_opt.iterations) == len(_sparse_steps())
     assert dense_opt.dispatch_report() == {"w:0": ("fused", "dense gradient, fused op")}
     assert [p for p, _ in sparse_opt.dispatch_report().values()] == ["sparse"]
-    assert sorted(dense_opt.get_slot_names()) == sorted(
-        ["sum"] + (["count"] if sparse_counter else []) + (["momentum"] if beta > 0 else []))
+    assert dense_opt.get_slot_names() == ["state"]
 
 
 def test_session_dense_runs_the_fused_op():
@@ -128,15 +148,20 @@ def test_saver_restores_slots_and_step_in_a_new_graph(tmp_path):
             sess.run(v1.global_variables_initializer())
             for g in gs[:5]:
                 sess.run(train, {g_in: g})
+            saved_state = sess.run(opt.get_slot(w, "state"))
             saver.save(sess, path)
     names = dict(tf.train.list_variables(path))
     assert names["Expectigrad_step"] == []
-    assert {"w/Expectigrad", "w/Expectigrad_1", "w/Expectigrad_2"} <= set(names)
+    # One packed state slot (sum, count, momentum), not one per slot.
+    assert names["w/Expectigrad"] == [3, 6, 2]
+    assert sorted(n for n in names if n.startswith("w/")) == ["w/Expectigrad"]
+    assert np.all(saved_state[0] > 0)  # the state saved is not the initial zeros
     with tf.Graph().as_default():
         w, g_in, opt, train = build()
         with v1.Session() as sess:
             v1.train.Saver().restore(sess, path)
             assert sess.run(opt.iterations) == 5
+            np.testing.assert_array_equal(sess.run(opt.get_slot(w, "state")), saved_state)
             for g in gs[5:]:
                 sess.run(train, {g_in: g})
             resumed = sess.run(w)
@@ -163,6 +188,15 @@ def test_eager_apply_gradients_dense_and_sparse_equal_reference(beta):
         sref.step(_densify(idx, vals))
     np.testing.assert_allclose(w.numpy(), ref.x, rtol=1e-10)
     np.testing.assert_allclose(e.numpy(), sref.x, rtol=1e-10)
+    for o, v, r in ((opt, w, ref), (sopt, e, sref)):
+        slots = o.slot_values(v)
+        assert sorted(slots) == sorted(["sum", "count"] + (["momentum"] if beta > 0 else []))
+        np.testing.assert_allclose(slots["sum"], r.s, rtol=1e-10)
+        np.testing.assert_array_equal(slots["count"], r.n)
+        if beta > 0:
+            np.testing.assert_allclose(slots["momentum"], r.m, rtol=1e-10, atol=1e-15)
+        np.testing.assert_allclose(o.get_slot(v, "state").numpy(), _packed(r, beta, True),
+                                   rtol=1e-10, atol=1e-15)
     assert int(opt.iterations.numpy()) == len(_grads())
     assert [p for p, _ in opt.dispatch_report().values()] == ["fused"]
     assert [p for p, _ in sopt.dispatch_report().values()] == ["sparse"]
@@ -223,10 +257,18 @@ def test_checkpoint_saves_the_step_in_eager(tmp_path):
     w2 = tf.Variable(X0)
     opt2 = ExpectigradOptimizer(LR)
     tf.train.Checkpoint(w=w2, opt=opt2).restore(path)
+    # Restored eagerly into a state slot of the packed shape and dtype (the
+    # base class's restore would create it with the variable's shape).
+    state2 = opt2.get_slot(w2, "state")
+    assert state2.shape == (3, 6, 2) and state2.dtype == tf.float64
+    np.testing.assert_array_equal(state2.numpy(), opt.get_slot(w, "state").numpy())
+    assert np.all(state2.numpy()[0] > 0)
     for g in _grads()[3:]:
         opt.apply_gradients([(tf.constant(g), w)])
         opt2.apply_gradients([(tf.constant(g), w2)])
     np.testing.assert_array_equal(w2.numpy(), w.numpy())
+    np.testing.assert_array_equal(opt2.get_slot(w2, "state").numpy(),
+                                  opt.get_slot(w, "state").numpy())
     assert int(opt2.iterations.numpy()) == len(_grads())
 
 
@@ -234,9 +276,20 @@ def test_float16_variable_has_float32_state():
     v = tf.Variable(np.ones((2, 3), np.float16))
     opt = ExpectigradOptimizer(LR)
     opt.apply_gradients([(tf.constant(np.full((2, 3), 0.5, np.float16)), v)])
-    assert [opt.get_slot(v, n).dtype for n in ("sum", "count", "momentum")] == [
-        tf.float32, tf.float32, tf.float16]
-    np.testing.assert_array_equal(opt.get_slot(v, "sum").numpy(), np.full((2, 3), 0.25))
+    state = opt.get_slot(v, "state")
+    # One packed float32 state (sum, count, momentum): momentum too is float32.
+    assert state.dtype == tf.float32 and state.shape == (3, 2, 3)
+    assert opt.get_slot_names() == ["state"]
+    slots = opt.slot_values(v)
+    assert {k: a.dtype for k, a in slots.items()} == {
+        "sum": np.float32, "count": np.float32, "momentum": np.float32}
+    ref = ExpectigradNumpy(np.ones((2, 3)), lr=LR)
+    ref.step(np.full((2, 3), 0.5))
+    np.testing.assert_array_equal(slots["sum"], np.full((2, 3), 0.25))
+    np.testing.assert_array_equal(slots["count"], np.ones((2, 3)))
+    np.testing.assert_allclose(slots["momentum"], ref.m, rtol=1e-6)
+    np.testing.assert_array_equal(state.numpy(), np.stack([slots["sum"], slots["count"],
+                                                           slots["momentum"]]))
     assert np.all(v.numpy() < 1)
 
 
@@ -274,10 +327,11 @@ def test_bad_learning_rate_tensor_fails_the_step_and_changes_nothing(sparse):
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
             sess.run(train, {lr: 0.01})
-            before = sess.run([w, opt.get_slot(w, "sum"), opt.iterations])
+            before = sess.run([w, opt.get_slot(w, "state"), opt.iterations])
+            assert np.any(before[1][0] > 0)  # the first step wrote the state
             with pytest.raises(tf.errors.InvalidArgumentError, match="learning"):
                 sess.run(train, {lr: -1.0})
-            after = sess.run([w, opt.get_slot(w, "sum"), opt.iterations])
+            after = sess.run([w, opt.get_slot(w, "state"), opt.iterations])
     for b, a in zip(before, after):
         np.testing.assert_array_equal(a, b)
     assert after[2] == 1

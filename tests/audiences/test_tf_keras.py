@@ -150,6 +150,15 @@ def test_sparse_gather_gradient_equals_reference(results, beta):
     np.testing.assert_allclose(arrays[f"sparse/{beta}"], ref.x, rtol=1e-10)
     np.testing.assert_allclose(arrays[f"sparse/{beta}/sum"], ref.s, rtol=1e-10)
     np.testing.assert_array_equal(arrays[f"sparse/{beta}/count"], ref.n)
+    # The packed state: sum, count, then momentum (beta > 0 only).
+    assert facts["sparse_slots"][str(beta)] == sorted(
+        ["sum", "count"] + (["momentum"] if beta > 0 else []))
+    if beta > 0:
+        np.testing.assert_allclose(arrays[f"sparse/{beta}/momentum"], ref.m,
+                                   rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(
+        arrays[f"sparse/{beta}/state"],
+        np.stack([ref.s, ref.n] + ([ref.m] if beta > 0 else [])), rtol=1e-10, atol=1e-15)
     assert not touched.all() and np.all(arrays[f"sparse/{beta}/sum"][~touched] == 0)
     # Rows never given keep their value (zero momentum); rows given earlier
     # but not at a step still move at that step when beta > 0 (exact
@@ -166,14 +175,29 @@ def test_lazy_sparse_equals_the_lazy_reference(results):
         ref.step(idx, vals)
     np.testing.assert_allclose(arrays["sparse/0.9-lazy"], ref.x, rtol=1e-10)
     np.testing.assert_allclose(arrays["sparse/0.9-lazy/sum"], ref.s, rtol=1e-10)
+    np.testing.assert_array_equal(arrays["sparse/0.9-lazy/count"], ref.n)
+    np.testing.assert_allclose(arrays["sparse/0.9-lazy/momentum"], ref.m, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(arrays["sparse/0.9-lazy/state"], np.stack([ref.s, ref.n, ref.m]),
+                               rtol=1e-10, atol=1e-15)
     # and differs from the exact update (momentum of rows not given does not decay)
     assert not np.allclose(arrays["sparse/0.9-lazy"], arrays["sparse/0.9"], rtol=1e-6)
 
 
 def test_float16_variable_has_float32_state(results):
-    _, facts, _ = results
-    assert facts["float16_slot_dtypes"] == ["float32", "float32", "float16"]
+    _, facts, arrays = results
+    # One packed float32 state of shape (sum, count, momentum) + (2, 2): the
+    # momentum too is float32, not the variable's float16.
+    assert facts["float16_state"] == ["float32", [3, 2, 2]]
+    assert facts["float16_slot_dtypes"] == {
+        "sum": "float32", "count": "float32", "momentum": "float32"}
     assert facts["float16_paths"] == ["fused"]
+    ref = ExpectigradNumpy(np.ones((2, 2)), lr=worker.LR)
+    ref.step(np.full((2, 2), 0.5))
+    np.testing.assert_array_equal(arrays["float16/sum"], np.full((2, 2), 0.25))
+    np.testing.assert_array_equal(arrays["float16/count"], np.ones((2, 2)))
+    np.testing.assert_allclose(arrays["float16/momentum"], ref.m, rtol=1e-6)
+    np.testing.assert_allclose(arrays["float16/x"], ref.x, rtol=1e-3)
+    assert np.all(arrays["float16/x"] < 1)
 
 
 def test_arguments_config_and_errors(results):
@@ -230,7 +254,11 @@ def test_saved_model_loads_without_custom_objects_and_resumes_exactly(results):
 def test_state_with_other_slots_is_refused(results):
     _, facts, _ = results
     assert "nothing was restored" in facts["mismatch_error"]
-    assert facts["mismatch_unchanged"] == [0.0, 0.0, 0.0, 0.0]
+    # iterations and the packed state (sum, count, momentum), both still zero.
+    assert facts["mismatch_shapes"] == [[], [3, 2, 3]]
+    assert facts["mismatch_unchanged"] == [0.0, 0.0]
+    # saved: beta=0, no momentum row; expected: with it
+    assert "(2, 2, 3)" in facts["mismatch_error"] and "(3, 2, 3)" in facts["mismatch_error"]
 
 
 def test_mirrored_strategy_two_replicas_equals_one_device(results):

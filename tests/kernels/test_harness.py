@@ -30,6 +30,8 @@ def _gradient(rng, size, t):
 
 
 def _slots(x0, dtype, beta, sparse):
+    # sum, count and momentum in the state dtype: for float32/float64
+    # variables, the variable's own.
     x = np.array(x0, dtype=dtype)
     s = np.zeros_like(x)
     n = np.zeros_like(x) if sparse else None
@@ -135,8 +137,13 @@ def _ok_args(n=4, dtype=np.float32):
     (dict(momentum=[np.zeros(4, np.float32)] * 3), ValueError, "count and momentum"),
     (dict(sum=[np.zeros(5, np.float32)]), ValueError, r"sum\[0\] has 5 elements"),
     (dict(grad=[np.zeros(3, np.float32)]), ValueError, r"grad\[0\] has 3 elements"),
-    (dict(sum=[np.zeros(4, np.float64)]), ValueError, r"sum\[0\]"),
-    (dict(momentum=[np.zeros(4, np.float16)]), ValueError, r"momentum\[0\]"),
+    (dict(sum=[np.zeros(4, np.float64)]), ValueError, r"sum\[0\] is float64 but var\[0\] is float32"),
+    (dict(momentum=[np.zeros(4, np.float16)]), ValueError,
+     r"momentum\[0\] is float16 but var\[0\] is float32: expected float32 \(the state dtype"),
+    # Momentum is state: float64 for float64 variables, never another dtype.
+    (dict(var=[np.zeros(4)], sum=[np.zeros(4)], count=[np.zeros(4)], grad=[np.zeros(4)],
+          momentum=[np.zeros(4, np.float32)]), ValueError,
+     r"momentum\[0\] is float32 but var\[0\] is float64: expected float64"),
     (dict(var=[np.zeros(4, np.int32)]), TypeError, "float32 or float64"),
     (dict(var=[np.zeros(4, np.float16)]), TypeError, "float32 or float64"),
     (dict(grad=[np.zeros(8, np.float32)[::2]]), ValueError, r"grad\[0\].*contiguous"),
@@ -336,7 +343,11 @@ def test_harness_cuda_module_loads_without_gpu(hcuda):
      r"grad\[1\] must be a device array exposing __cuda_array_interface__"),
     (dict(sum=[F(4), F(3, 2)]), ValueError, r"sum\[1\] has shape \(3, 2\) but var\[1\] has shape \(2, 3\)"),
     (dict(grad=[F(5), F(2, 3)]), ValueError, r"grad\[0\] has shape \(5,\)"),
-    (dict(momentum=[F(4), F(2, 3, typestr="<f2")]), ValueError, r"momentum\[1\] is float16 but var\[1\] is float32"),
+    (dict(momentum=[F(4), F(2, 3, typestr="<f2")]), ValueError,
+     r"momentum\[1\] has typestr '<f2' but momentum must be float32 for float32 variables"),
+    (dict(momentum=[F(4), F(2, 3, typestr="<f8")]), ValueError,
+     r"momentum\[1\] has typestr '<f8' but momentum must be float32"),
+    (dict(momentum=[F(4), F(3, 2)]), ValueError, r"momentum\[1\] has shape \(3, 2\) but var\[1\]"),
     (dict(var=[F(4), F(2, 3, typestr="<f8")]), ValueError, r"var\[1\] is float64 but var\[0\] is float32"),
     (dict(count=[F(4), F(2, 3, typestr="<f8")]), ValueError, r"count\[1\] has typestr '<f8' but count must be float32"),
     (dict(var=[F(4, typestr="<i4"), F(2, 3)]), ValueError, r"var\[0\] has typestr '<i4'"),
@@ -359,16 +370,31 @@ def test_apply_cuda_validates_before_touching_the_device(hcuda, change, error, m
 
 def test_apply_cuda_dtype_rules(hcuda):
     p = hcuda.prepare_cuda  # validation only: prepare never launches
-    # float16, and bfloat16 by typestr '<V2' (PyTorch, ml_dtypes), state float32.
+    # float16, and bfloat16 by typestr '<V2' (PyTorch, ml_dtypes); the state
+    # (sum, count, momentum) float32.
     for ts, name in (("<f2", "float16"), ("<V2", "bfloat16"), ("<f4", "float32")):
-        plan = p([F(4, typestr=ts)], [F(4)], None, [F(4, typestr=ts)], [F(4, typestr=ts)])
+        plan = p([F(4, typestr=ts)], [F(4)], None, [F(4)], [F(4, typestr=ts)])
         assert (plan.dtype, plan.num_tensors, plan.num_elements) == (name, 1, 4)
         assert not plan.has_count and plan.has_momentum
-    assert p([F(4, typestr="<f8")], [F(4, typestr="<f8")], [F(4, typestr="<f8")], None,
-             [F(4, typestr="<f8")]).dtype == "float64"
-    # bfloat16 held in a 2-byte integer array (CuPy) with dtype= ...
+        if ts != "<f4":  # momentum in the variable's 16-bit dtype: rejected
+            with pytest.raises(ValueError, match=rf"momentum\[0\] has typestr '{ts}' but "
+                                                 rf"momentum must be float32 for {name} variables"):
+                p([F(4, typestr=ts)], [F(4)], None, [F(4, typestr=ts)], [F(4, typestr=ts)])
+    f8 = dict(typestr="<f8")
+    plan = p([F(4, **f8)], [F(4, **f8)], [F(4, **f8)], [F(4, **f8)], [F(4, **f8)])
+    assert plan.dtype == "float64" and plan.has_count and plan.has_momentum
+    with pytest.raises(ValueError, match=r"momentum\[0\] has typestr '<f4' but momentum must "
+                                         r"be float64 for float64 variables"):
+        p([F(4, **f8)], [F(4, **f8)], None, [F(4)], [F(4, **f8)])
+    # bfloat16 held in a 2-byte integer array (CuPy) with dtype= (which names
+    # the var/grad dtype only: momentum stays float32) ...
     u2 = dict(typestr="<u2")
     assert p([F(4, **u2)], [F(4)], None, None, [F(4, **u2)], dtype="bfloat16").dtype == "bfloat16"
+    assert p([F(4, **u2)], [F(4)], [F(4)], [F(4)], [F(4, **u2)],
+             dtype="bfloat16").has_momentum
+    with pytest.raises(ValueError, match=r"momentum\[0\] has typestr '<u2' but momentum must "
+                                         r"be float32 for bfloat16 variables"):
+        p([F(4, **u2)], [F(4)], None, [F(4, **u2)], [F(4, **u2)], dtype="bfloat16")
     # ... or an object whose dtype says bfloat16 (older PyTorch exports '<f2').
     old_torch = F(4, typestr="<f2")
     old_torch.dtype = "torch.bfloat16"

@@ -14,21 +14,26 @@ op = _ops.op_module()
 pytestmark = pytest.mark.skipif(op is None, reason=f"fused op unavailable: {_ops.unavailable_reason()}")
 
 
-def _call(vars_, sums, counts, moms, grads, lr=0.01, beta=0.9, eps=1e-8, step=1, scalar=tf.float32):
+def _call(vars_, states, grads, lr=0.01, beta=0.9, eps=1e-8, step=1, scalar=tf.float32,
+          sparse_counter=True, momentum=True):
     return op.expectigrad_apply(
-        var=[v.handle for v in vars_], sum=[s.handle for s in sums],
-        count=[c.handle for c in counts], momentum=[m.handle for m in moms],
+        var=[v.handle for v in vars_], state=[s.handle for s in states],
         grad=grads, lr=tf.constant(lr, scalar), beta=tf.constant(beta, scalar),
-        epsilon=tf.constant(eps, scalar), step=tf.constant(step, tf.int64))
+        epsilon=tf.constant(eps, scalar), step=tf.constant(step, tf.int64),
+        sparse_counter=sparse_counter, momentum=momentum)
+
+
+def _rows(sparse_counter, momentum):
+    return 1 + int(sparse_counter) + int(momentum)
 
 
 def _state(shapes, dtype, state_dtype, beta, sparse_counter, rng):
+    """Variables and their packed states (sum, count?, momentum?)."""
     xs = [rng.standard_normal(s) for s in shapes]
     vars_ = [tf.Variable(x.astype(dtype)) for x in xs]
-    sums = [tf.Variable(np.zeros(s, state_dtype)) for s in shapes]
-    counts = [tf.Variable(np.zeros(s, state_dtype)) for s in shapes] if sparse_counter else []
-    moms = [tf.Variable(np.zeros(s, dtype)) for s in shapes] if beta > 0 else []
-    return xs, vars_, sums, counts, moms
+    rows = _rows(sparse_counter, beta > 0)
+    states = [tf.Variable(np.zeros((rows,) + tuple(s), state_dtype)) for s in shapes]
+    return xs, vars_, states
 
 
 SIZES = [(0,), (1,), (7,), (4097,), (3, 5), (1 << 20) + 3]  # last crosses the shard threshold
@@ -39,7 +44,7 @@ SIZES = [(0,), (1,), (7,), (4097,), (3, 5), (1 << 20) + 3]  # last crosses the s
 def test_multi_tensor_matches_reference(dtype, rtol, beta, sparse_counter):
     rng = np.random.default_rng(1)
     shapes = [s if isinstance(s, tuple) else (s,) for s in SIZES]
-    xs, vars_, sums, counts, moms = _state(shapes, dtype, dtype, beta, sparse_counter, rng)
+    xs, vars_, states = _state(shapes, dtype, dtype, beta, sparse_counter, rng)
     lr = 2.0**-7
     refs = [ExpectigradNumpy(x.astype(dtype).astype(np.float64), lr=lr, beta=beta,
                              sparse_counter=sparse_counter) for x in xs]
@@ -50,16 +55,18 @@ def test_multi_tensor_matches_reference(dtype, rtol, beta, sparse_counter):
             g = rng.standard_normal(s)
             g[rng.random(s) < 0.3] = 0.0  # exact zeros: counter and 0/0 := 0
             gs.append(g.astype(dtype))
-        _call(vars_, sums, counts, moms, [tf.constant(g) for g in gs], lr=lr, beta=beta, step=t, scalar=scalar)
+        _call(vars_, states, [tf.constant(g) for g in gs], lr=lr, beta=beta, step=t, scalar=scalar,
+              sparse_counter=sparse_counter, momentum=beta > 0)
         for r, g in zip(refs, gs):
             r.step(g.astype(np.float64))
-    for v, s, r in zip(vars_, sums, refs):
+    for v, st, r in zip(vars_, states, refs):
+        state = st.numpy()
         np.testing.assert_allclose(v.numpy(), r.x, rtol=rtol, atol=rtol)
-        np.testing.assert_allclose(s.numpy(), r.s, rtol=rtol)
-    for c, r in zip(counts, refs):
-        np.testing.assert_array_equal(c.numpy(), r.n)
-    for m, r in zip(moms, refs):
-        np.testing.assert_allclose(m.numpy(), r.m, rtol=rtol * 10, atol=1e-7)
+        np.testing.assert_allclose(state[0], r.s, rtol=rtol)
+        if sparse_counter:
+            np.testing.assert_array_equal(state[1], r.n)
+        if beta > 0:
+            np.testing.assert_allclose(state[-1], r.m, rtol=rtol * 10, atol=1e-7)
 
 
 @pytest.mark.parametrize("fn", ["eager", "function"])
@@ -96,7 +103,10 @@ def test_16bit_variables_keep_float32_state(dtype):
         opt.apply([tf.constant(g, dtype=dtype)], [v])
         ref.step(np.asarray(tf.constant(g, dtype=dtype).numpy(), np.float64))
     s, n, m = opt._slots_for(v)
-    assert s.dtype == "float32" and n.dtype == "float32" and m.dtype == dtype
+    # Sum, count and momentum: one packed float32 state (momentum too).
+    state = opt._state_for(v)
+    assert state.dtype == "float32" and tuple(state.shape) == (3, 10)
+    assert s.dtype == "float32" and n.dtype == "float32" and m.dtype == "float32"
     np.testing.assert_array_equal(n.numpy(), ref.n)
     tol = 1e-2 if dtype == "float16" else 5e-2
     np.testing.assert_allclose(np.asarray(v.numpy(), np.float64), ref.x, rtol=tol, atol=tol)
@@ -116,13 +126,14 @@ def test_count_stays_exact_past_bfloat16_range():
 # ---------------------------------------------------------------- bad input
 def _good(dtype="float32"):
     vs = [tf.Variable(np.ones(3, dtype))]
-    return vs, [tf.Variable(np.zeros(3, dtype))], [tf.Variable(np.zeros(3, dtype))], [tf.Variable(np.zeros(3, dtype))]
+    return vs, [tf.Variable(np.zeros((3, 3), dtype))]
 
 
 @pytest.mark.parametrize("case,match", [
     ("grad_shape", r"grad\[0\] has shape \[2\] but var\[0\] has shape \[3\]"),
-    ("sum_dtype", r"sum\[0\] has dtype double, expected float"),
-    ("sum_shape", r"sum\[0\] has shape \[4\]"),
+    ("state_dtype", r"state\[0\] has dtype double, expected float"),
+    ("state_shape", r"state\[0\] has shape \[4\]"),
+    ("state_rows", r"state\[0\] has shape \[2,3\] but must be \[3,3\]"),
     ("lr_shape", r"lr must be a scalar"),
     ("lr_nan", r"lr must be finite"),
     ("beta_one", r"beta must be in \[0, 1\)"),
@@ -132,16 +143,18 @@ def _good(dtype="float32"):
     ("uninit", r"var\[0\] is not|not initialized|uninitialized"),
 ])
 def test_op_rejects_bad_input_cleanly(case, match):
-    vs, ss, cs, ms = _good()
+    vs, ss = _good()
     kw = dict(lr=tf.constant(0.1), beta=tf.constant(0.9), epsilon=tf.constant(1e-8),
-              step=tf.constant(1, tf.int64))
+              step=tf.constant(1, tf.int64), sparse_counter=True, momentum=True)
     grads = [tf.ones(3)]
     if case == "grad_shape":
         grads = [tf.ones(2)]
-    elif case == "sum_dtype":
-        ss = [tf.Variable(np.zeros(3, np.float64))]
-    elif case == "sum_shape":
+    elif case == "state_dtype":
+        ss = [tf.Variable(np.zeros((3, 3), np.float64))]
+    elif case == "state_shape":
         ss = [tf.Variable(np.zeros(4, np.float32))]
+    elif case == "state_rows":  # rows for sparse_counter=False, but True is passed
+        ss = [tf.Variable(np.zeros((2, 3), np.float32))]
     elif case == "lr_shape":
         kw["lr"] = tf.constant([0.1, 0.2])
     elif case == "lr_nan":
@@ -153,35 +166,35 @@ def test_op_rejects_bad_input_cleanly(case, match):
     elif case == "step_zero":
         kw["step"] = tf.constant(0, tf.int64)
     elif case == "alias":
-        cs = [vs[0]]
+        ss = [vs[0]]
     elif case == "uninit":
         from tensorflow.python.ops import resource_variable_ops
         h = resource_variable_ops.var_handle_op(dtype=tf.float32, shape=[3], shared_name="never_init_eg")
         with pytest.raises((tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError,
                             tf.errors.NotFoundError), match=match):
-            op.expectigrad_apply(var=[h], sum=[s.handle for s in ss], count=[c.handle for c in cs],
-                                 momentum=[m.handle for m in ms], grad=grads, **kw)
+            op.expectigrad_apply(var=[h], state=[s.handle for s in ss], grad=grads, **kw)
         return
     before = vs[0].numpy().copy()
+    state_before = ss[0].numpy().copy()
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=match):
-        op.expectigrad_apply(var=[v.handle for v in vs], sum=[s.handle for s in ss],
-                             count=[c.handle for c in cs], momentum=[m.handle for m in ms],
+        op.expectigrad_apply(var=[v.handle for v in vs], state=[s.handle for s in ss],
                              grad=grads, **kw)
     np.testing.assert_array_equal(vs[0].numpy(), before)
+    np.testing.assert_array_equal(ss[0].numpy(), state_before)
 
 
 def test_list_length_mismatch_is_rejected():
-    vs, ss, cs, ms = _good()
+    vs, ss = _good()
+    kw = dict(lr=tf.constant(0.1), beta=tf.constant(0.9), epsilon=tf.constant(1e-8),
+              step=tf.constant(1, tf.int64), sparse_counter=True, momentum=True)
     with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError)):
-        op.expectigrad_apply(var=[v.handle for v in vs], sum=[s.handle for s in ss] * 2,
-                             count=[], momentum=[], grad=[tf.ones(3)],
-                             lr=tf.constant(0.1), beta=tf.constant(0.9),
-                             epsilon=tf.constant(1e-8), step=tf.constant(1, tf.int64))
-    with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError), match="num_count"):
+        op.expectigrad_apply(var=[v.handle for v in vs], state=[s.handle for s in ss] * 2,
+                             grad=[tf.ones(3)], **kw)
+    # In a graph, the shape function names the state and the rows it needs.
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=r"state\[0\]"):
         tf.function(lambda: op.expectigrad_apply(
-            var=[vs[0].handle, vs[0].handle], sum=[ss[0].handle] * 2, count=[cs[0].handle],
-            momentum=[], grad=[tf.ones(3)] * 2, lr=tf.constant(0.1), beta=tf.constant(0.9),
-            epsilon=tf.constant(1e-8), step=tf.constant(1, tf.int64)))()
+            var=[vs[0].handle], state=[ss[0].handle], grad=[tf.ones(3)],
+            **{**kw, "sparse_counter": False}))()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -202,16 +215,15 @@ def test_fuzz_raw_op_clean_error_or_correct(n, sizes, grad_delta, dtype, state_m
     gshapes = [(max(0, sizes[i] + grad_delta[i]),) for i in range(n)]
     xs = [np.linspace(-1, 1, s[0]) for s in shapes]
     vs = [tf.Variable(tf.constant(x, dtype)) for x in xs]
-    ss = [tf.Variable(np.zeros(s, state)) for s in shapes]
-    cs = [tf.Variable(np.zeros(s, state)) for s in shapes] if with_count else []
-    ms = [tf.Variable(tf.zeros(s, dtype)) for s in shapes] if with_mom else []
+    rows = _rows(with_count, with_mom)
+    ss = [tf.Variable(np.zeros((rows,) + s, state)) for s in shapes]
     gs = [tf.constant(np.full(s, 0.5), dtype) for s in gshapes]
     ok = state_matches and gshapes == shapes
     try:
-        _call(vs, ss, cs, ms, gs, lr=0.1, beta=0.5, step=1)
+        _call(vs, ss, gs, lr=0.1, beta=0.5, step=1, sparse_counter=with_count, momentum=with_mom)
     except tf.errors.InvalidArgumentError as e:
         assert not ok, f"valid input rejected: {e}"
-        assert any(w in str(e) for w in ("grad[", "sum[", "count[", "momentum[")), str(e)
+        assert any(w in str(e) for w in ("grad[", "state[")), str(e)
         for v, x in zip(vs, xs):  # nothing was modified
             np.testing.assert_array_equal(np.asarray(v.numpy(), np.float64), np.asarray(tf.constant(x, dtype).numpy(), np.float64))
         return

@@ -69,9 +69,8 @@ def test_fused_gpu_equals_composite_and_reference(dtype, beta, sparse):
     fused_var, fused_opt = _trajectory(None, dtype, beta, sparse, steps)
     comp_var, comp_opt = _trajectory(False, dtype, beta, sparse, steps)
     assert "GPU" in fused_var.device.upper() and "GPU" in comp_var.device.upper()
-    for slot in fused_opt._slots_for(fused_opt._trainable_variables[0]):
-        if slot is not None:
-            assert "GPU" in slot.value.device.upper(), slot.value.device
+    state = fused_opt._state_for(fused_opt._trainable_variables[0])
+    assert "GPU" in state.value.device.upper(), state.value.device
     assert {p for p, _ in fused_opt.dispatch_report().values()} == {"fused"}
     assert {p for p, _ in comp_opt.dispatch_report().values()} == {"composite"}
     as64 = lambda v: tf.cast(v, tf.float64).numpy()  # noqa: E731
@@ -79,7 +78,7 @@ def test_fused_gpu_equals_composite_and_reference(dtype, beta, sparse):
     for a, b in zip(fused_opt._slots_for(fused_opt._trainable_variables[0]),
                     comp_opt._slots_for(comp_opt._trainable_variables[0])):
         if a is not None:
-            np.testing.assert_allclose(as64(a.value), as64(b.value), **TOL[dtype])
+            np.testing.assert_allclose(as64(a), as64(b), **TOL[dtype])
     if dtype in ("float64", "float32"):
         ref = ExpectigradNumpy(X0.astype(dtype), lr=LR, beta=beta, eps=1e-8,
                                sparse_counter=sparse)
@@ -88,9 +87,9 @@ def test_fused_gpu_equals_composite_and_reference(dtype, beta, sparse):
         tol = TOL[dtype] if dtype == "float64" else dict(rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(as64(fused_var), ref.x, **tol)
         s, n, _ = fused_opt._slots_for(fused_opt._trainable_variables[0])
-        np.testing.assert_allclose(as64(s.value), ref.s, **tol)
+        np.testing.assert_allclose(as64(s), ref.s, **tol)
         if sparse:
-            np.testing.assert_array_equal(as64(n.value), ref.n)
+            np.testing.assert_array_equal(as64(n), ref.n)
 
 
 def _op_devices(device):
@@ -101,11 +100,9 @@ def _op_devices(device):
     with g.as_default():
         with tf.device(device):
             v = tf.Variable(np.ones(1025, np.float32))
-            s = tf.Variable(np.zeros(1025, np.float32))
-            n = tf.Variable(np.zeros(1025, np.float32))
-            m = tf.Variable(np.zeros(1025, np.float32))
+            s = tf.Variable(np.zeros((3, 1025), np.float32))  # sum, count, momentum
         op = mod.expectigrad_apply(
-            var=[v.handle], sum=[s.handle], count=[n.handle], momentum=[m.handle],
+            var=[v.handle], state=[s.handle], sparse_counter=True, momentum=True,
             grad=[tf.constant(np.full(1025, 0.5, np.float32))], lr=tf.constant(0.1),
             beta=tf.constant(0.9), epsilon=tf.constant(1e-8),
             step=tf.constant(1, tf.int64))

@@ -91,15 +91,14 @@ def test_xla_fused_agrees_with_xla_composite(beta, sparse_counter):
 
 def _raw_function(n=1000):
     var = tf.Variable(tf.range(n, dtype=tf.float32) / n)
-    slots = [tf.Variable(tf.zeros([n])) for _ in range(3)]
+    slots = [tf.Variable(tf.zeros([3, n]))]  # packed: sum, count, momentum
     step = tf.Variable(0, dtype=tf.int64)
 
     @tf.function(jit_compile=True)
     def f(g, lr):
-        op.expectigrad_apply(var=[var.handle], sum=[slots[0].handle], count=[slots[1].handle],
-                             momentum=[slots[2].handle], grad=[g], lr=lr,
+        op.expectigrad_apply(var=[var.handle], state=[slots[0].handle], grad=[g], lr=lr,
                              beta=tf.constant(0.9), epsilon=tf.constant(1e-8),
-                             step=step + 1)
+                             step=step + 1, sparse_counter=True, momentum=True)
         step.assign_add(1)
 
     return f, [var, step] + slots
@@ -111,9 +110,10 @@ def test_lowering_is_one_in_place_custom_call():
     calls = [line for line in hlo.splitlines() if "custom-call(" in line]
     assert len(calls) == 1 and 'custom_call_target="expectigrad_apply"' in calls[0], calls
     assert "API_VERSION_TYPED_FFI" in calls[0]
-    assert "output_to_operand_aliasing={{0}: (0, {}), {1}: (1, {}), {2}: (2, {}), {3}: (3, {})}" in calls[0]
-    # In place: XLA adds no copy of a state-sized buffer around the call.
-    assert not [line for line in hlo.splitlines() if " copy(" in line and "f32[10000]" in line]
+    assert "output_to_operand_aliasing={{0}: (0, {}), {1}: (1, {})}" in calls[0]
+    # In place: XLA adds no copy of a variable- or state-sized buffer around the call.
+    assert not [line for line in hlo.splitlines()
+                if " copy(" in line and ("f32[10000]" in line or "f32[3,10000]" in line)]
 
 
 @pytest.mark.parametrize("lr,match", [(-0.1, "lr must be finite and >= 0"),
@@ -134,20 +134,22 @@ def test_bad_lr_inside_xla_fails_and_changes_nothing(lr, match):
 
 def test_same_error_outside_xla():
     """The TF kernel rejects the same learning rate with the same message."""
-    var, s = tf.Variable([1.0]), tf.Variable([0.0])
+    var, s = tf.Variable([1.0]), tf.Variable([[0.0]])
     with pytest.raises(tf.errors.InvalidArgumentError, match="lr must be finite and >= 0"):
-        op.expectigrad_apply(var=[var.handle], sum=[s.handle], count=[], momentum=[],
+        op.expectigrad_apply(var=[var.handle], state=[s.handle], sparse_counter=False,
+                             momentum=False,
                              grad=[tf.ones([1])], lr=tf.constant(-0.1), beta=tf.constant(0.9),
                              epsilon=tf.constant(1e-8), step=tf.constant(1, tf.int64))
-    assert var.numpy()[0] == 1.0 and s.numpy()[0] == 0.0
+    assert var.numpy()[0] == 1.0 and s.numpy()[0, 0] == 0.0
 
 
 def test_shape_mismatch_is_rejected_at_compile_time():
-    var, s = tf.Variable(tf.zeros([3])), tf.Variable(tf.zeros([3]))
+    var, s = tf.Variable(tf.zeros([3])), tf.Variable(tf.zeros([1, 3]))
 
     @tf.function(jit_compile=True)
     def f():
-        op.expectigrad_apply(var=[var.handle], sum=[s.handle], count=[], momentum=[],
+        op.expectigrad_apply(var=[var.handle], state=[s.handle], sparse_counter=False,
+                             momentum=False,
                              grad=[tf.ones([1])], lr=tf.constant(0.1), beta=tf.constant(0.9),
                              epsilon=tf.constant(1e-8), step=tf.constant(1, tf.int64))
 
@@ -157,16 +159,21 @@ def test_shape_mismatch_is_rejected_at_compile_time():
 
 
 def test_same_variable_twice_is_rejected_inside_xla():
-    var = tf.Variable(tf.zeros([3]))
+    # y is state[0] and var[1]: every shape is consistent, only the aliasing is wrong.
+    x, y, z = (tf.Variable(tf.zeros(s)) for s in ([3], [1, 3], [1, 1, 3]))
 
     @tf.function(jit_compile=True)
     def f():
-        op.expectigrad_apply(var=[var.handle], sum=[var.handle], count=[], momentum=[],
-                             grad=[tf.ones([3])], lr=tf.constant(0.1), beta=tf.constant(0.9),
-                             epsilon=tf.constant(1e-8), step=tf.constant(1, tf.int64))
+        op.expectigrad_apply(var=[x.handle, y.handle], state=[y.handle, z.handle],
+                             sparse_counter=False, momentum=False,
+                             grad=[tf.ones([3]), tf.ones([1, 3])], lr=tf.constant(0.1),
+                             beta=tf.constant(0.9), epsilon=tf.constant(1e-8),
+                             step=tf.constant(1, tf.int64))
 
     with pytest.raises(tf.errors.InvalidArgumentError, match="more than once"):
         f()
+    for v in (x, y, z):
+        np.testing.assert_array_equal(v.numpy(), 0.0)
 
 
 def test_gpu_library_with_its_xla_lowering_loads_without_a_gpu():
@@ -209,15 +216,17 @@ def test_shape_mismatch_hidden_from_shape_inference_is_rejected(jit):
     """Variables of unknown static shape: graph construction cannot see the
     mismatch, so the kernel (outside XLA) and the lowering (inside) must."""
     var = tf.Variable(tf.zeros([3]), shape=tf.TensorShape(None))
-    s = tf.Variable(tf.zeros([2]), shape=tf.TensorShape(None))
+    s = tf.Variable(tf.zeros([1, 2]), shape=tf.TensorShape(None))
 
     @tf.function(jit_compile=jit)
     def f():
-        op.expectigrad_apply(var=[var.handle], sum=[s.handle], count=[], momentum=[],
+        op.expectigrad_apply(var=[var.handle], state=[s.handle], sparse_counter=False,
+                             momentum=False,
                              grad=[tf.ones([3])], lr=tf.constant(0.1), beta=tf.constant(0.9),
                              epsilon=tf.constant(1e-8), step=tf.constant(1, tf.int64))
 
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"sum\[0\] has shape \[2\] but var\[0\] has shape \[3\]"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"state\[0\] has shape \[1,2\] but must be \[1,3\]"):
         f()
     np.testing.assert_array_equal(var.numpy(), np.zeros(3))
-    np.testing.assert_array_equal(s.numpy(), np.zeros(2))
+    np.testing.assert_array_equal(s.numpy(), np.zeros((1, 2)))

@@ -139,17 +139,21 @@ def main(mode, out_path):
                         results[f"{case}/grad/{i}/{k}"] = g.numpy()
         for k, w in enumerate(model.get_weights()):
             results[f"{case}/{k}"] = np.asarray(w)
-        slots = {}
-        for kind, group in (("sum", opt._sums), ("count", opt._counts), ("momentum", opt._momentums)):
-            for k, s in enumerate(group):
-                if s is not None:
-                    results[f"{case}/{kind}/{k}"] = np.asarray(s.numpy())
-                    slots[f"{kind}/{k}"] = str(s.value.device)
+        slots, state_shapes = {}, []
+        for k, var in enumerate(variables):
+            # One packed state per variable: its rows by name (sum, count,
+            # momentum; those the configuration keeps) and its placement.
+            for kind, value in opt.slot_values(var).items():
+                results[f"{case}/{kind}/{k}"] = np.asarray(value)
+            state = opt._state_for(var)
+            slots[f"state/{k}"] = str(state.value.device)
+            state_shapes.append(list(state.shape))
         info["cases"][case] = {
             "dispatch": {k: list(v) for k, v in opt.dispatch_report().items()},
             "iterations": int(opt.iterations.numpy()),
             "variable_devices": [str(v.value.device) for v in variables],
             "slot_devices": slots,
+            "state_shapes": state_shapes,
             "dtypes": [str(v.dtype) for v in variables],
         }
     np.savez(out_path + ".npz", **results)

@@ -227,8 +227,13 @@ def _model(beta, sparse_counter, steps=2):
 def test_saved_state_carries_a_layout_descriptor():
     store = {}
     _model(0.9, True).optimizer.save_own_variables(store)
-    # iterations, learning_rate, then sum, count, momentum per variable.
-    assert list(store[LAYOUT_KEY]) == [0, 1, 2, 3, 4, 2, 3, 4]
+    # iterations, learning_rate, then one packed state (sum, count, momentum)
+    # per variable.
+    assert list(store[LAYOUT_KEY]) == [0, 1, 11, 11]
+    for beta, sparse_counter, code in ((0.9, False, 10), (0.0, True, 9), (0.0, False, 8)):
+        store = {}
+        _model(beta, sparse_counter).optimizer.save_own_variables(store)
+        assert list(store[LAYOUT_KEY]) == [0, 1, code, code]
 
 
 @pytest.mark.parametrize("saved,loaded", [

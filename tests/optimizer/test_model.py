@@ -150,8 +150,8 @@ def test_save_load_without_custom_objects_and_continue(tmp_path):
         opt = m.optimizer
         assert type(opt).__name__ == "Expectigrad", type(opt)
         assert opt.beta == 0.8 and int(opt.iterations.numpy()) == 8
-        sums = [v for v in opt.variables if v.path.endswith("_sum")]
-        assert sums and all(np.any(v.numpy() != 0) for v in sums)
+        states = [v for v in opt.variables if v.path.endswith("_state")]
+        assert states and all(np.any(v.numpy()[0] != 0) for v in states)  # row 0: sum
         x = np.load({str(tmp_path / "x.npy")!r}); y = np.load({str(tmp_path / "y.npy")!r})
         m.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
         np.save({str(tmp_path / "w.npy")!r}, np.concatenate([w.ravel() for w in m.get_weights()]))
@@ -168,14 +168,19 @@ def test_slot_names_and_dtypes():
     opt = Expectigrad()
     opt.build([v32, v16])
     names = [v.path for v in opt.variables]
-    assert any(n.endswith("_sum") for n in names)
-    assert any(n.endswith("_count") for n in names)
-    assert any(n.endswith("_momentum") for n in names)
+    # One packed state per variable: sum, count, momentum (float32 for 16-bit).
+    assert sum(n.endswith("_state") for n in names) == 2 and len(names) == 4
+    assert (opt._state_for(v32).shape, opt._state_for(v32).dtype) == ((3, 2, 3), "float32")
+    assert (opt._state_for(v16).shape, opt._state_for(v16).dtype) == ((3, 4), "float32")
     s, n, m = opt._slots_for(v16)
-    assert (s.dtype, n.dtype, m.dtype) == ("float32", "float32", "float16")
-    s, n, m = opt._slots_for(v32)
     assert (s.dtype, n.dtype, m.dtype) == ("float32", "float32", "float32")
+    assert sorted(opt.slot_values(v16)) == ["count", "momentum", "sum"]
     opt2 = Expectigrad(beta=0.0, sparse_counter=False)
     opt2.build([v32])
     assert opt2._slots_for(v32)[1:] == (None, None)
-    assert len(opt2.variables) == 3  # iterations, learning_rate, sum
+    assert opt2._state_for(v32).shape == (1, 2, 3)
+    assert sorted(opt2.slot_values(v32)) == ["sum"]
+    assert len(opt2.variables) == 3  # iterations, learning_rate, state
+    opt3 = Expectigrad(beta=0.5, sparse_counter=False)
+    opt3.build([v32])
+    assert opt3._state_rows() == (None, 1) and opt3._state_for(v32).shape == (2, 2, 3)

@@ -88,6 +88,11 @@ def test_parameter_servers_equal_single_process(runs, case):
     assert info["strategy"] == "ParameterServerStrategyV2"
     assert info["cases"][case]["iterations"] == W.STEPS
     assert set(info["cases"][case]["dtypes"]) == {"float64"}
+    # One packed state per variable: (sum, count?, momentum?) + its shape.
+    kwargs = W.CASES[case]
+    rows = 1 + int(kwargs.get("sparse_counter", True)) + int(kwargs["beta"] > 0)
+    _, _, init = W.data(np)
+    assert info["cases"][case]["state_shapes"] == [[rows, *np.shape(w)] for w in init]
 
 
 @pytest.mark.parametrize("case", list(W.CASES))
@@ -115,6 +120,7 @@ def test_variables_and_slots_live_on_the_parameter_servers(runs):
         devices = c["variable_devices"]
         assert all("/job:ps/" in d for d in devices), devices
         assert {d.split("/task:")[1][0] for d in devices} == {"0", "1"}  # both ps used
+        assert len(c["slot_devices"]) == len(devices)  # one state per variable
         for name, device in c["slot_devices"].items():
             k = int(name.split("/")[1])
             assert device == devices[k], (case, name, device, devices[k])
@@ -152,6 +158,17 @@ def test_single_process_run_equals_the_reference(runs, case):
     for k, ref in enumerate(refs):
         np.testing.assert_allclose(single[f"{case}/{k}"], ref.x, rtol=1e-10, atol=1e-13,
                                    err_msg=f"{case} weight {k}")
+        # The state's rows: those the configuration keeps, and no others.
+        kept = {"sum": ref.s}
+        if sc:
+            kept["count"] = ref.n
+        if beta > 0:
+            kept["momentum"] = ref.m
+        assert sorted(n for n in ("sum", "count", "momentum")
+                      if f"{case}/{n}/{k}" in single) == sorted(kept)
+        for name, want in kept.items():
+            np.testing.assert_allclose(single[f"{case}/{name}/{k}"], want, rtol=1e-10,
+                                       atol=1e-13, err_msg=f"{case} {name} {k}")
     # Rows of the table no token uses never change (lazy or exact: their
     # momentum is 0).
     np.testing.assert_array_equal(single[f"{case}/0"][W.USED:], init[0][W.USED:])

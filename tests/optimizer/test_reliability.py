@@ -146,14 +146,61 @@ def test_mismatched_saved_state_is_a_clear_error_and_restores_nothing():
     good.save_own_variables(store)
     fresh = Expectigrad(0.1)
     fresh.build([v])
-    bad = dict(store)
-    slot_keys = [k for k in bad if bad[k].shape == (2, 3)]
-    bad[slot_keys[-1]] = np.zeros((3, 2), np.float32)          # wrong shape
-    bad[slot_keys[0]] = bad[slot_keys[0]].astype(np.float16)   # wrong dtype
-    with pytest.raises(ValueError, match=r"does not match.*expected shape \(2, 3\)"):
-        fresh.load_own_variables(bad)
+    (state_key,) = [k for k in store if np.shape(store[k]) == (3, 2, 3)]
+    for bad_value, what in ((np.zeros((3, 3, 2), np.float32), "shape"),
+                            (store[state_key].astype(np.float16), "dtype")):
+        bad = dict(store)
+        bad[state_key] = bad_value
+        with pytest.raises(ValueError, match=r"does not match.*expected shape \(3, 2, 3\) dtype float32"):
+            fresh.load_own_variables(bad)
     assert all(np.all(s.numpy() == 0) for s in fresh._slots_for(v))
     assert int(fresh.iterations.numpy()) == 0
     fresh.load_own_variables(store)  # the good state loads
     for a, b in zip(fresh._slots_for(v), good._slots_for(v)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def _per_slot_store(opt, v):
+    """``opt``'s state as expectigrad-tf 0.1 saved it: one array each for
+    sum, count and momentum, layout codes 2, 3, 4."""
+    from expectigrad_tf.optimizer import LAYOUT_KEY
+
+    store = {}
+    opt.save_own_variables(store)
+    slots = opt.slot_values(v)
+    old = {"0": store["0"], "1": store["1"]}
+    codes = [0, 1]
+    for code, name in ((2, "sum"), (3, "count"), (4, "momentum")):
+        if name in slots:
+            old[str(len(codes))] = slots[name]
+            codes.append(code)
+    old[LAYOUT_KEY] = np.asarray(codes, np.int32)
+    return old
+
+
+@pytest.mark.parametrize("beta,sparse_counter", [(0.9, True), (0.0, False), (0.9, False)])
+def test_per_slot_layout_of_earlier_versions_is_converted_on_load(beta, sparse_counter):
+    v = tf.Variable(np.linspace(-1, 1, 6).reshape(2, 3).astype(np.float32))
+    good = Expectigrad(0.1, beta=beta, sparse_counter=sparse_counter)
+    for t in range(3):
+        good.apply([tf.constant(np.cos(np.arange(6.0) + t).reshape(2, 3), tf.float32)], [v])
+    old = _per_slot_store(good, v)
+    fresh = Expectigrad(0.1, beta=beta, sparse_counter=sparse_counter)
+    fresh.build([v])
+    fresh.load_own_variables(old)
+    assert int(fresh.iterations.numpy()) == 3
+    want, got = good.slot_values(v), fresh.slot_values(v)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_per_slot_layout_with_other_slots_is_refused():
+    v = tf.Variable(np.ones((2, 3), np.float32))
+    good = Expectigrad(0.1)  # sum, count, momentum
+    good.apply([tf.ones((2, 3))], [v])
+    fresh = Expectigrad(0.1, beta=0.0)  # sum, count only
+    fresh.build([v])
+    with pytest.raises(ValueError, match=r"does not match.*expected shape \(2, 2, 3\)"):
+        fresh.load_own_variables(_per_slot_store(good, v))
+    assert all(np.all(s == 0) for s in fresh.slot_values(v).values())

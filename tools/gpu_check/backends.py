@@ -285,8 +285,9 @@ class TorchBackend(Backend):
 class CpuSimBackend(Backend):
     """NumPy arrays and the CPU harness in place of the GPU (script self-test).
 
-    16-bit variables are widened to float32 around apply_cpu and rounded back
-    to storage, as the CUDA kernel does per element."""
+    16-bit variables and gradients are widened to float32 around apply_cpu and
+    the variable rounded back to storage, as the CUDA kernel does per element;
+    sum, count and momentum are float32 state, passed as they are."""
 
     name = "cpu-sim"
     simulated = True
@@ -316,11 +317,8 @@ class CpuSimBackend(Backend):
             return
         wide = lambda xs: [from_storage(x, dtype).astype(np.float32) for x in xs]  # noqa: E731
         v32, g32 = wide(var), wide(grad)
-        m32 = wide(mom) if mom is not None else None
-        self.hc.apply_cpu(v32, sum_, cnt, m32, g32, lr, beta, eps, step)
+        self.hc.apply_cpu(v32, sum_, cnt, mom, g32, lr, beta, eps, step)
         for dst, src in zip(var, v32):
-            dst[...] = to_storage(src, dtype)
-        for dst, src in zip(mom or [], m32 or []):
             dst[...] = to_storage(src, dtype)
 
     def prepare(self, var, sum_, cnt, mom, grad, dtype):

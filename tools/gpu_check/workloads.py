@@ -16,8 +16,9 @@ MULTI_TENSOR_TARGET = 1.5  # 1,000 x 10K time / one 10M time
 def bytes_per_element(dtype, beta, sparse):
     """Bytes read + written by one element of the update."""
     b, s = ITEMSIZE[dtype], ITEMSIZE[state_dtype(dtype)]
-    reads = b + s + b + (s if sparse else 0) + (b if beta > 0 else 0)  # var sum grad cnt mom
-    writes = b + s + (s if sparse else 0) + (b if beta > 0 else 0)
+    # var and grad in the variable's dtype; sum, count, momentum: state.
+    reads = b + s + b + (s if sparse else 0) + (s if beta > 0 else 0)  # var sum grad cnt mom
+    writes = b + s + (s if sparse else 0) + (s if beta > 0 else 0)
     return reads + writes
 
 
@@ -44,7 +45,7 @@ def _bench_tensors(be, sizes, dtype, beta, sparse):
     for n in sizes:
         ts.append((be._full(n, dtype, 1.0), be._full(n, st, 0.0),
                    be._full(n, st, 0.0) if sparse else None,
-                   be._full(n, dtype, 0.0) if beta > 0 else None, be._full(n, dtype, 0.5)))
+                   be._full(n, st, 0.0) if beta > 0 else None, be._full(n, dtype, 0.5)))
     return ([t[0] for t in ts], [t[1] for t in ts],
             [t[2] for t in ts] if sparse else None, [t[3] for t in ts] if beta > 0 else None,
             [t[4] for t in ts])

@@ -33,7 +33,7 @@
 namespace tensorflow {
 namespace expectigrad_tf {
 
-// State (sum, count) type for a variable type: float32 for half, bfloat16
+// State (sum, count, momentum) type for a variable type: float32 for half, bfloat16
 // and float32, float64 for float64.
 template <typename T>
 struct StateType {
@@ -61,15 +61,16 @@ struct DeviceFunctor {
   absl::Status Copy(OpKernelContext* ctx, const Tensor& src, Tensor* dst);
 };
 
-// Input layout of the op: var[n], sum[n], count[n_count], momentum[n_mom],
-// grad[n], lr, beta, epsilon, step.
+// Input layout of the op: var[n], state[n], grad[n], lr, beta, epsilon, step.
+// state[i] has shape [rows] + var[i]'s shape: sum, count (sparse_counter),
+// momentum (momentum), one row each.
 struct InputLayout {
-  int n, n_count, n_mom;
-  int sum(int i) const { return n + i; }
-  int count(int i) const { return 2 * n + i; }
-  int momentum(int i) const { return 2 * n + n_count + i; }
-  int grad(int i) const { return 2 * n + n_count + n_mom + i; }
-  int lr() const { return 3 * n + n_count + n_mom; }
+  int n;
+  bool sparse_counter, momentum;
+  int rows() const { return 1 + int(sparse_counter) + int(momentum); }
+  int state(int i) const { return n + i; }
+  int grad(int i) const { return 2 * n + i; }
+  int lr() const { return 3 * n; }
   int beta() const { return lr() + 1; }
   int epsilon() const { return lr() + 2; }
   int step() const { return lr() + 3; }
@@ -77,7 +78,7 @@ struct InputLayout {
 
 // The resource variables of one tensor of the call.
 struct TensorVars {
-  core::RefCountPtr<Var> var, sum, count, momentum;  // count/momentum optional
+  core::RefCountPtr<Var> var, state;
 };
 
 template <typename Device, typename T, typename Tscalar>
@@ -87,16 +88,8 @@ class ExpectigradApplyOp : public OpKernel {
 
   explicit ExpectigradApplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_tensors", &in_.n));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_count", &in_.n_count));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_momentum", &in_.n_mom));
-    OP_REQUIRES(ctx, in_.n_count == 0 || in_.n_count == in_.n,
-                errors::InvalidArgument(
-                    "ExpectigradApply: num_count must be 0 or num_tensors (",
-                    in_.n, "), got ", in_.n_count));
-    OP_REQUIRES(ctx, in_.n_mom == 0 || in_.n_mom == in_.n,
-                errors::InvalidArgument(
-                    "ExpectigradApply: num_momentum must be 0 or num_tensors (",
-                    in_.n, "), got ", in_.n_mom));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("sparse_counter", &in_.sparse_counter));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("momentum", &in_.momentum));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -139,12 +132,12 @@ class ExpectigradApplyOp : public OpKernel {
         expectigrad::check_beta_epsilon(constants->beta, constants->epsilon);
     if (!bad.empty()) return errors::InvalidArgument(bad);
     // Without momentum there is no bias correction: beta is unused.
-    if (in_.n_mom == 0) constants->beta = 0.0;
+    if (!in_.momentum) constants->beta = 0.0;
     return functor->CheckStepScalars(ctx, ctx->input(in_.lr()),
                                      ctx->input(in_.step()));
   }
 
-  // Step 2: one {var, sum, count, momentum} per tensor.
+  // Step 2: one {var, state} per tensor.
   absl::Status LookUpVariables(OpKernelContext* ctx,
                                std::vector<TensorVars>* tensors) const {
     tensors->resize(in_.n);
@@ -160,21 +153,18 @@ class ExpectigradApplyOp : public OpKernel {
     for (int i = 0; i < in_.n; ++i) {
       TensorVars& t = (*tensors)[i];
       TF_RETURN_IF_ERROR(lookup(i, "var", i, &t.var));
-      TF_RETURN_IF_ERROR(lookup(in_.sum(i), "sum", i, &t.sum));
-      if (in_.n_count)
-        TF_RETURN_IF_ERROR(lookup(in_.count(i), "count", i, &t.count));
-      if (in_.n_mom)
-        TF_RETURN_IF_ERROR(lookup(in_.momentum(i), "momentum", i, &t.momentum));
+      TF_RETURN_IF_ERROR(lookup(in_.state(i), "state", i, &t.state));
     }
     return absl::OkStatus();
   }
 
   static std::vector<Var*> Flatten(const std::vector<TensorVars>& tensors) {
     std::vector<Var*> all;
-    all.reserve(4 * tensors.size());
-    for (const TensorVars& t : tensors)
-      for (const auto* v : {&t.var, &t.sum, &t.count, &t.momentum})
-        if (*v) all.push_back(v->get());
+    all.reserve(2 * tensors.size());
+    for (const TensorVars& t : tensors) {
+      all.push_back(t.var.get());
+      all.push_back(t.state.get());
+    }
     return all;
   }
 
@@ -188,32 +178,27 @@ class ExpectigradApplyOp : public OpKernel {
     std::sort(mutexes.begin(), mutexes.end());
     if (std::adjacent_find(mutexes.begin(), mutexes.end()) != mutexes.end())
       return errors::InvalidArgument(
-          "ExpectigradApply: the same variable is passed more than once (var, "
-          "sum, count and momentum must all be distinct variables)");
+          "ExpectigradApply: the same variable is passed more than once (var "
+          "and state must all be distinct variables)");
     locks->reserve(mutexes.size());
     for (mutex* mu : mutexes) locks->emplace_back(*mu);
     return absl::OkStatus();
   }
 
-  // Step 4: every variable initialised, of the expected dtype, and shaped
-  // like its var; every gradient shaped like its var.
+  // Step 4: every variable initialised and of the expected dtype; state
+  // shaped [rows] + var's shape; every gradient shaped like its var.
   absl::Status Validate(OpKernelContext* ctx,
                         const std::vector<TensorVars>& tensors) const {
     for (int i = 0; i < in_.n; ++i) {
       const TensorVars& t = tensors[i];
-      const TensorShape* shape = nullptr;
       struct Entry {
         const char* what;
         Var* v;
         DataType dtype;
       };
-      const Entry entries[] = {
-          {"var", t.var.get(), DataTypeToEnum<T>::value},
-          {"sum", t.sum.get(), DataTypeToEnum<S>::value},
-          {"count", t.count.get(), DataTypeToEnum<S>::value},
-          {"momentum", t.momentum.get(), DataTypeToEnum<T>::value}};
+      const Entry entries[] = {{"var", t.var.get(), DataTypeToEnum<T>::value},
+                               {"state", t.state.get(), DataTypeToEnum<S>::value}};
       for (const Entry& e : entries) {
-        if (e.v == nullptr) continue;
         if (!e.v->is_initialized)
           return errors::FailedPrecondition("ExpectigradApply: ", e.what, "[",
                                             i, "] is not initialized");
@@ -223,20 +208,22 @@ class ExpectigradApplyOp : public OpKernel {
               "ExpectigradApply: ", e.what, "[", i, "] has dtype ",
               DataTypeString(value.dtype()), ", expected ",
               DataTypeString(e.dtype));
-        if (shape == nullptr) {
-          shape = &value.shape();
-        } else if (value.shape() != *shape) {
-          return errors::InvalidArgument(
-              "ExpectigradApply: ", e.what, "[", i, "] has shape ",
-              value.shape().DebugString(), " but var[", i, "] has shape ",
-              shape->DebugString());
-        }
       }
+      const TensorShape& shape = t.var->tensor()->shape();
+      TensorShape want = shape;
+      want.InsertDim(0, in_.rows());
+      const TensorShape& sshape = t.state->tensor()->shape();
+      if (sshape != want)
+        return errors::InvalidArgument(
+            "ExpectigradApply: state[", i, "] has shape ", sshape.DebugString(),
+            " but must be ", want.DebugString(), " (", in_.rows(),
+            " rows: sum, count if sparse_counter, momentum if momentum; then "
+            "var[", i, "]'s shape ", shape.DebugString(), ")");
       const TensorShape& gshape = ctx->input(in_.grad(i)).shape();
-      if (gshape != *shape)
+      if (gshape != shape)
         return errors::InvalidArgument(
             "ExpectigradApply: grad[", i, "] has shape ", gshape.DebugString(),
-            " but var[", i, "] has shape ", shape->DebugString());
+            " but var[", i, "] has shape ", shape.DebugString());
     }
     return absl::OkStatus();
   }
@@ -270,10 +257,11 @@ class ExpectigradApplyOp : public OpKernel {
       const int64_t size = t.var->tensor()->NumElements();
       if (size == 0) continue;
       expectigrad::TensorChunk<T, S> c;
+      S* state = t.state->tensor()->flat<S>().data();
       c.var = t.var->tensor()->flat<T>().data();
-      c.sum = t.sum->tensor()->flat<S>().data();
-      c.cnt = t.count ? t.count->tensor()->flat<S>().data() : nullptr;
-      c.mom = t.momentum ? t.momentum->tensor()->flat<T>().data() : nullptr;
+      c.sum = state;
+      c.cnt = in_.sparse_counter ? state + size : nullptr;
+      c.mom = in_.momentum ? state + (1 + int(in_.sparse_counter)) * size : nullptr;
       c.grad = ctx->input(in_.grad(i)).flat<T>().data();
       c.size = size;
       chunks.push_back(c);
@@ -281,7 +269,7 @@ class ExpectigradApplyOp : public OpKernel {
     return chunks;
   }
 
-  InputLayout in_{0, 0, 0};
+  InputLayout in_{0, false, false};
 };
 
 }  // namespace expectigrad_tf

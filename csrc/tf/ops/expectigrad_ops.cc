@@ -17,35 +17,30 @@ ShapeHandle HandleShape(InferenceContext* c, int index) {
 }
 
 absl::Status ExpectigradShapeFn(InferenceContext* c) {
-  int n = 0, n_count = 0, n_mom = 0;
+  int n = 0;
+  bool sparse_counter = false, momentum = false;
   TF_RETURN_IF_ERROR(c->GetAttr("num_tensors", &n));
-  TF_RETURN_IF_ERROR(c->GetAttr("num_count", &n_count));
-  TF_RETURN_IF_ERROR(c->GetAttr("num_momentum", &n_mom));
-  if (n_count != 0 && n_count != n)
-    return errors::InvalidArgument("num_count must be 0 or num_tensors (", n,
-                                   "), got ", n_count);
-  if (n_mom != 0 && n_mom != n)
-    return errors::InvalidArgument("num_momentum must be 0 or num_tensors (",
-                                   n, "), got ", n_mom);
-  const int sum0 = n, cnt0 = 2 * n, mom0 = 2 * n + n_count,
-            grad0 = 2 * n + n_count + n_mom, scalars0 = grad0 + n;
+  TF_RETURN_IF_ERROR(c->GetAttr("sparse_counter", &sparse_counter));
+  TF_RETURN_IF_ERROR(c->GetAttr("momentum", &momentum));
+  const int rows = 1 + int(sparse_counter) + int(momentum);
+  const int state0 = n, grad0 = 2 * n, scalars0 = 3 * n;
   for (int i = 0; i < n; ++i) {
     ShapeHandle s = HandleShape(c, i);
-    auto merge = [&](int input, const char* what) -> absl::Status {
-      ShapeHandle other =
-          input >= grad0 ? c->input(input) : HandleShape(c, input);
-      absl::Status st = c->Merge(s, other, &s);
-      if (!st.ok())
-        return errors::InvalidArgument("ExpectigradApply: ", what, "[", i,
-                                       "] has shape ", c->DebugString(other),
-                                       " but var[", i, "] has shape ",
-                                       c->DebugString(HandleShape(c, i)));
-      return absl::OkStatus();
-    };
-    TF_RETURN_IF_ERROR(merge(sum0 + i, "sum"));
-    if (n_count) TF_RETURN_IF_ERROR(merge(cnt0 + i, "count"));
-    if (n_mom) TF_RETURN_IF_ERROR(merge(mom0 + i, "momentum"));
-    TF_RETURN_IF_ERROR(merge(grad0 + i, "grad"));
+    ShapeHandle g = c->input(grad0 + i);
+    if (!c->Merge(s, g, &s).ok())
+      return errors::InvalidArgument(
+          "ExpectigradApply: grad[", i, "] has shape ", c->DebugString(g),
+          " but var[", i, "] has shape ", c->DebugString(HandleShape(c, i)));
+    // state[i]: [rows] + var's shape (sum, count?, momentum?).
+    ShapeHandle want;
+    TF_RETURN_IF_ERROR(c->Concatenate(c->Vector(rows), s, &want));
+    ShapeHandle st = HandleShape(c, state0 + i), merged;
+    if (!c->Merge(st, want, &merged).ok())
+      return errors::InvalidArgument(
+          "ExpectigradApply: state[", i, "] has shape ", c->DebugString(st),
+          " but must be ", c->DebugString(want), " (", rows,
+          " rows: sum, count if sparse_counter, momentum if momentum; then "
+          "var[", i, "]'s shape)");
   }
   const char* names[] = {"lr", "beta", "epsilon", "step"};
   for (int k = 0; k < 4; ++k) {
@@ -62,9 +57,7 @@ absl::Status ExpectigradShapeFn(InferenceContext* c) {
 
 REGISTER_OP("ExpectigradApply")
     .Input("var: num_tensors * resource")
-    .Input("sum: num_tensors * resource")
-    .Input("count: num_count * resource")
-    .Input("momentum: num_momentum * resource")
+    .Input("state: num_tensors * resource")
     .Input("grad: num_tensors * T")
     .Input("lr: Tscalar")
     .Input("beta: Tscalar")
@@ -73,16 +66,18 @@ REGISTER_OP("ExpectigradApply")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
     .Attr("num_tensors: int >= 1")
-    .Attr("num_count: int >= 0")
-    .Attr("num_momentum: int >= 0")
+    .Attr("sparse_counter: bool")
+    .Attr("momentum: bool")
     .SetShapeFn(ExpectigradShapeFn)
     .Doc(R"doc(
 One Expectigrad step (Algorithm 1 of the paper) applied in place to a list of
-variables and their slots, in one pass over memory per element.
+variables and their packed state, in one pass over memory per element.
 
-var, momentum: variables of dtype T. sum, count: variables of dtype float32
-(float64 when T is double). count is empty when the sparse counter is off
-(n = step), momentum is empty when beta == 0 (no bias correction).
+var: variables of dtype T. state: one variable per var, of dtype float32
+(float64 when T is double) and shape [rows] + var's shape, rows = 1 +
+sparse_counter + momentum: row 0 is the sum of squared gradients, then the
+nonzero-gradient count if sparse_counter (otherwise n = step), then the
+momentum if momentum (beta > 0; otherwise no bias correction).
 grad: dense gradients, shaped like var. lr, beta, epsilon: scalars.
 step: the 1-based step t.
 )doc");

@@ -33,7 +33,7 @@ struct RawTensor {
 };
 
 struct DecodedCall {
-  ffi::DataType dtype;     // of var/momentum/grad
+  ffi::DataType dtype;     // of var/grad
   ffi::DataType lr_dtype;  // F32 or F64
   const void* lr;          // host memory on CPU, device memory on GPU
   const void* step;        // int64, same memory space as lr
@@ -48,41 +48,61 @@ struct DecodedCall {
   std::vector<Copy> copies;
 };
 
+// Element size of the state (sum, count, momentum) for a var dtype: 8 for
+// f64, otherwise 4 (float32 state for f16, bf16 and f32).
+inline size_t StateElementSize(ffi::DataType dtype) {
+  return dtype == ffi::DataType::F64 ? 8 : 4;
+}
+
 // Checks the call's structure and collects its buffers. Nothing is written.
+// Operands: var[n], state[n], grad[n], lr, step; results: var[n], state[n].
+// state[i] holds rows = 1 + sparse_counter + momentum rows of var[i]'s size.
 inline ffi::Error Decode(ffi::RemainingArgs args, ffi::RemainingRets rets,
-                         int64_t n, int64_t n_count, int64_t n_mom,
+                         int64_t n, int64_t sparse_counter, int64_t momentum,
                          DecodedCall* call) {
-  const int64_t n_state = 2 * n + n_count + n_mom;
-  if (n < 1 || (n_count != 0 && n_count != n) || (n_mom != 0 && n_mom != n) ||
+  const int64_t n_state = 2 * n;
+  if (n < 1 || (sparse_counter != 0 && sparse_counter != 1) ||
+      (momentum != 0 && momentum != 1) ||
       static_cast<int64_t>(args.size()) != n_state + n + 2 ||
       static_cast<int64_t>(rets.size()) != n_state)
     return ffi::Error::InvalidArgument(
         "expectigrad_apply: malformed custom call (operand/result counts do "
-        "not match num_tensors/num_count/num_momentum)");
+        "not match num_tensors, or sparse_counter/momentum not 0/1)");
+  const int64_t rows = 1 + sparse_counter + momentum;
   std::vector<void*> state(n_state);
+  std::vector<int64_t> counts(n_state);
   for (int64_t k = 0; k < n_state; ++k) {
     auto arg = args.get<ffi::AnyBuffer>(k);
     auto ret = rets.get<ffi::AnyBuffer>(k);
     if (!arg.has_value() || !ret.has_value())
       return ffi::Error::InvalidArgument("expectigrad_apply: bad buffer");
     state[k] = (*ret)->untyped_data();
+    counts[k] = static_cast<int64_t>(arg->element_count());
     if (arg->untyped_data() != state[k])
       call->copies.push_back({arg->untyped_data(), state[k], arg->size_bytes()});
   }
   auto var0 = args.get<ffi::AnyBuffer>(0);
   call->dtype = var0->element_type();
+  const size_t state_bytes = StateElementSize(call->dtype);
   call->tensors.resize(n);
   for (int64_t i = 0; i < n; ++i) {
     auto grad = args.get<ffi::AnyBuffer>(n_state + i);
     if (!grad.has_value())
       return ffi::Error::InvalidArgument("expectigrad_apply: bad gradient");
+    const int64_t size = static_cast<int64_t>(grad->element_count());
+    if (counts[i] != size || counts[n + i] != rows * size)
+      return ffi::Error::InvalidArgument(
+          "expectigrad_apply: malformed custom call (var/state/grad sizes of "
+          "tensor " + std::to_string(i) + " do not match)");
     RawTensor& t = call->tensors[i];
+    char* base = static_cast<char*>(state[n + i]);
+    const size_t row = static_cast<size_t>(size) * state_bytes;
     t.var = state[i];
-    t.sum = state[n + i];
-    t.cnt = n_count ? state[2 * n + i] : nullptr;
-    t.mom = n_mom ? state[2 * n + n_count + i] : nullptr;
+    t.sum = base;
+    t.cnt = sparse_counter ? base + row : nullptr;
+    t.mom = momentum ? base + (1 + sparse_counter) * row : nullptr;
     t.grad = grad->untyped_data();
-    t.size = static_cast<int64_t>(grad->element_count());
+    t.size = size;
   }
   auto lr = args.get<ffi::AnyBuffer>(n_state + n);
   auto step = args.get<ffi::AnyBuffer>(n_state + n + 1);
@@ -106,8 +126,8 @@ inline ffi::Error Decode(ffi::RemainingArgs args, ffi::RemainingRets rets,
   binding.RemainingArgs()                       \
       .RemainingRets()                          \
       .Attr<int64_t>("num_tensors")             \
-      .Attr<int64_t>("num_count")               \
-      .Attr<int64_t>("num_momentum")            \
+      .Attr<int64_t>("sparse_counter")          \
+      .Attr<int64_t>("momentum")                \
       .Attr<int64_t>("beta_bits")               \
       .Attr<int64_t>("epsilon_bits")
 

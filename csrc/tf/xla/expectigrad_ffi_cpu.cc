@@ -55,7 +55,7 @@ void RunOnPool(ffi::ThreadPool& pool, const DecodedCall& call, double lr,
   for (const RawTensor& t : call.tensors) {
     if (t.size == 0) continue;
     chunks.push_back({static_cast<T*>(t.var), static_cast<S*>(t.sum),
-                      static_cast<S*>(t.cnt), static_cast<T*>(t.mom),
+                      static_cast<S*>(t.cnt), static_cast<S*>(t.mom),
                       static_cast<const T*>(t.grad), t.size});
   }
   auto work = std::make_shared<HostWork<T, S>>(
@@ -79,10 +79,10 @@ void RunOnPool(ffi::ThreadPool& pool, const DecodedCall& call, double lr,
 }
 
 ffi::Error ApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args,
-                     ffi::RemainingRets rets, int64_t n, int64_t n_count,
-                     int64_t n_mom, int64_t beta_bits, int64_t epsilon_bits) {
+                     ffi::RemainingRets rets, int64_t n, int64_t sparse_counter,
+                     int64_t momentum, int64_t beta_bits, int64_t epsilon_bits) {
   DecodedCall call;
-  if (ffi::Error err = Decode(args, rets, n, n_count, n_mom, &call);
+  if (ffi::Error err = Decode(args, rets, n, sparse_counter, momentum, &call);
       err.failure())
     return err;
   // Every check before the first write: a failing step changes nothing.

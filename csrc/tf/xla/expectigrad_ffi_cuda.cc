@@ -18,10 +18,10 @@ namespace {
 namespace cuda = expectigrad::cuda;
 
 ffi::Error ApplyCuda(CUstream_st* stream, ffi::RemainingArgs args,
-                     ffi::RemainingRets rets, int64_t n, int64_t n_count,
-                     int64_t n_mom, int64_t beta_bits, int64_t epsilon_bits) {
+                     ffi::RemainingRets rets, int64_t n, int64_t sparse_counter,
+                     int64_t momentum, int64_t beta_bits, int64_t epsilon_bits) {
   DecodedCall call;
-  if (ffi::Error err = Decode(args, rets, n, n_count, n_mom, &call);
+  if (ffi::Error err = Decode(args, rets, n, sparse_counter, momentum, &call);
       err.failure())
     return err;
   cuda::DeviceScalars scalars;

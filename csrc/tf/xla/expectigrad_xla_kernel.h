@@ -6,10 +6,12 @@
 // then assigns the results back to the variables.
 //
 // Custom call operands (one call per group of up to 40 tensors): var[n],
-// sum[n], count[n_count], momentum[n_mom], grad[n], lr, step. Results: a tuple of var, sum, count, momentum, result k
-// aliasing operand k. Attributes (the FFI backend config): num_tensors,
-// num_count, num_momentum, and beta/epsilon as the bits of their float64 value
-// (beta_bits, epsilon_bits: exact, whatever the printing precision).
+// state[n], grad[n], lr, step, where state[i] is the packed [rows, *shape]
+// state (sum, count?, momentum?). Results: a tuple of var[n], state[n], result
+// k aliasing operand k. Attributes (the FFI backend config): num_tensors,
+// sparse_counter and momentum (0/1), and beta/epsilon as the bits of their
+// float64 value (beta_bits, epsilon_bits: exact, whatever the printing
+// precision).
 //
 // Registered for CPU_XLA_JIT by expectigrad_xla_cpu.cc (in the CPU library)
 // and for GPU_XLA_JIT by expectigrad_xla_gpu.cc (in the CUDA library, next to
@@ -56,23 +58,15 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
  public:
   explicit ExpectigradApplyXlaOp(OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_tensors", &n_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_count", &n_count_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_momentum", &n_mom_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("sparse_counter", &sparse_counter_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("momentum", &momentum_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("T", &dtype_));
-    OP_REQUIRES(ctx, n_count_ == 0 || n_count_ == n_,
-                errors::InvalidArgument(
-                    "ExpectigradApply: num_count must be 0 or num_tensors (",
-                    n_, "), got ", n_count_));
-    OP_REQUIRES(ctx, n_mom_ == 0 || n_mom_ == n_,
-                errors::InvalidArgument(
-                    "ExpectigradApply: num_momentum must be 0 or num_tensors (",
-                    n_, "), got ", n_mom_));
     state_dtype_ = dtype_ == DT_DOUBLE ? DT_DOUBLE : DT_FLOAT;
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
-    const int sum0 = n_, cnt0 = 2 * n_, mom0 = 2 * n_ + n_count_;
-    const int grad0 = mom0 + n_mom_, lr_in = grad0 + n_;
+    const int state0 = n_, grad0 = 2 * n_, lr_in = 3 * n_;
+    const int64_t rows = 1 + int(sparse_counter_) + int(momentum_);
     const int beta_in = lr_in + 1, eps_in = lr_in + 2, step_in = lr_in + 3;
 
     // Scalars: beta and epsilon are compile-time constants (graph constants
@@ -98,9 +92,9 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
     }
     const std::string bad = expectigrad::check_beta_epsilon(beta, epsilon);
     OP_REQUIRES(ctx, bad.empty(), errors::InvalidArgument(bad));
-    if (n_mom_ == 0) beta = 0.0;  // no momentum: no bias correction
+    if (!momentum_) beta = 0.0;  // no momentum: no bias correction
 
-    // Variables: one {var, sum, count, momentum} per tensor; each checked
+    // Variables: one {var, state} per tensor; each checked
     // (distinct, dtype, shape) before the custom call is emitted.
     struct Entry {
       int input;
@@ -111,9 +105,7 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
     std::vector<std::vector<Entry>> tensors(n_);
     for (int i = 0; i < n_; ++i) {
       tensors[i].push_back({i, "var", i, dtype_});
-      tensors[i].push_back({sum0 + i, "sum", i, state_dtype_});
-      if (n_count_) tensors[i].push_back({cnt0 + i, "count", i, state_dtype_});
-      if (n_mom_) tensors[i].push_back({mom0 + i, "momentum", i, dtype_});
+      tensors[i].push_back({state0 + i, "state", i, state_dtype_});
     }
     absl::flat_hash_set<XlaResource*> seen;
     for (const auto& entries : tensors) {
@@ -123,15 +115,16 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
         OP_REQUIRES(ctx, seen.insert(resource).second,
                     errors::InvalidArgument(
                         "ExpectigradApply: the same variable is passed more "
-                        "than once (var, sum, count and momentum must all "
-                        "be distinct variables)"));
+                        "than once (var and state must all be distinct "
+                        "variables)"));
       }
     }
 
-    // Read every live (non-empty) tensor: its variables, in the order var,
-    // sum, count?, momentum?, and its gradient.
+    // Read every live (non-empty) tensor: its variables (var, state) and its
+    // gradient.
     struct Live {
       std::vector<std::pair<Entry, xla::XlaOp>> state;
+      std::vector<TensorShape> shapes;  // of each state entry
       xla::XlaOp grad;
       TensorShape shape;
     };
@@ -150,12 +143,19 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
                         "ExpectigradApply: ", e.what, "[", i, "] has dtype ",
                         DataTypeString(type), ", expected ",
                         DataTypeString(e.dtype)));
-        if (k == 0) var_shape = shape;
-        OP_REQUIRES(ctx, shape == var_shape,
+        if (k == 0) {
+          var_shape = shape;
+          continue;
+        }
+        TensorShape want = var_shape;
+        want.InsertDim(0, rows);
+        OP_REQUIRES(ctx, shape == want,
                     errors::InvalidArgument(
-                        "ExpectigradApply: ", e.what, "[", i, "] has shape ",
-                        shape.DebugString(), " but var[", i, "] has shape ",
-                        var_shape.DebugString()));
+                        "ExpectigradApply: state[", i, "] has shape ",
+                        shape.DebugString(), " but must be ", want.DebugString(),
+                        " (", rows, " rows: sum, count if sparse_counter, "
+                        "momentum if momentum; then var[", i, "]'s shape ",
+                        var_shape.DebugString(), ")"));
       }
       const TensorShape shape = ctx->InputShape(grad0 + i);
       OP_REQUIRES(ctx, shape == var_shape,
@@ -167,10 +167,11 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
       Live t;
       t.shape = shape;
       for (const Entry& e : tensors[i]) {
-        TensorShape unused;
+        TensorShape read_shape;
         xla::XlaOp value;
-        OP_REQUIRES_OK(ctx, ctx->ReadVariableInput(e.input, e.dtype, &unused, &value));
+        OP_REQUIRES_OK(ctx, ctx->ReadVariableInput(e.input, e.dtype, &read_shape, &value));
         t.state.push_back({e, value});
+        t.shapes.push_back(read_shape);
       }
       t.grad = ctx->Input(grad0 + i);
       live.push_back(std::move(t));
@@ -207,8 +208,8 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
                                                            shape.dim_sizes());
       return absl::OkStatus();
     };
-    // Operands: var.., sum.., count.., momentum.. (kind-major), grad.., lr,
-    // step. Results: the state operands, result k aliasing operand k.
+    // Operands: var.., state.. (kind-major), grad.., lr, step. Results: the
+    // var and state operands, result k aliasing operand k.
     std::vector<xla::XlaOp> operands;
     std::vector<xla::Shape> shapes;
     std::vector<std::pair<int, DataType>> assign;  // (input, dtype) per result
@@ -217,7 +218,7 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
       for (size_t t = first; t < last; ++t) {
         const auto& [entry, value] = live[t].state[kind];
         xla::Shape s;
-        TF_RETURN_IF_ERROR(shape_of(entry.dtype, live[t].shape, &s));
+        TF_RETURN_IF_ERROR(shape_of(entry.dtype, live[t].shapes[kind], &s));
         operands.push_back(value);
         shapes.push_back(s);
         assign.push_back({entry.input, entry.dtype});
@@ -242,8 +243,8 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
       aliasing.push_back({xla::ShapeIndex{static_cast<int64_t>(k)},
                           {static_cast<int64_t>(k), xla::ShapeIndex{}}});
     const std::string config = absl::StrCat(
-        "{num_tensors = ", count, " : i64, num_count = ", n_count_ ? count : 0,
-        " : i64, num_momentum = ", n_mom_ ? count : 0,
+        "{num_tensors = ", count, " : i64, sparse_counter = ",
+        int(sparse_counter_), " : i64, momentum = ", int(momentum_),
         " : i64, beta_bits = ", DoubleBits(beta),
         " : i64, epsilon_bits = ", DoubleBits(epsilon), " : i64}");
     xla::XlaOp call = xla::CustomCallWithLayout(
@@ -259,7 +260,8 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
     return absl::OkStatus();
   }
 
-  int n_ = 0, n_count_ = 0, n_mom_ = 0;
+  int n_ = 0;
+  bool sparse_counter_ = false, momentum_ = false;
   DataType dtype_ = DT_FLOAT, state_dtype_ = DT_FLOAT;
 };
 
