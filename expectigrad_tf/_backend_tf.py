@@ -239,14 +239,20 @@ class TFBackend:
             self._assign_state(state_var, new)
             self._assign_state(variable, tf.cast(x, variable.dtype))
             return
-        # Rows only: sum, count (and, lazily, momentum) and the variable.
-        old_rows = tf.gather(state_var, indices, axis=1)  # (state rows, k, ...)
+        # Rows only: sum, count (and, lazily, momentum) and the variable,
+        # read and written with resource gathers/scatters, O(rows given).
+        # Outside XLA tf.gather(state, axis=1) would read the whole state;
+        # inside XLA reading a variable is free, and ResourceGatherNd has no
+        # XLA kernel.
+        where = self._state_row_indices(indices, self._num_state_rows())
+        if in_xla():
+            old_rows = tf.gather(state_var, indices, axis=1)  # (state rows, k, ...)
+        else:
+            old_rows = tf.gather_nd(state_var, where)
         new_rows, m = self._rows_update(g, old_rows, scalars)
         x_old = tf.gather(var, indices)
         x_rows = tf.cast(tf.cast(x_old, state) - lr_t * m, var.dtype)
-        state_var.scatter_nd_update(
-            self._state_row_indices(indices, new_rows.shape[0]),
-            self._gate(new_rows, old_rows))
+        state_var.scatter_nd_update(where, self._gate(new_rows, old_rows))
         var.scatter_update(tf.IndexedSlices(self._gate(x_rows, x_old), indices))
 
     @staticmethod

@@ -291,3 +291,28 @@ def test_bad_index_inside_xla_with_a_fused_variable_changes_nothing(lazy):
     assert int(opt.iterations.numpy()) == 1
     assert {p for p, _ in opt.dispatch_report().values()} == {
         "sparse-lazy" if lazy else "sparse", "fused" if HAS_OP else "composite-xla"}
+
+
+@pytest.mark.parametrize("beta,sparse_counter", [(0.9, True), (0.0, False)])
+def test_lazy_step_touches_the_state_and_table_by_rows_only(beta, sparse_counter):
+    """O(rows given), checked on the traced step (not by timing): the packed
+    state and the table are only read by row gathers and written by row
+    scatters, never read whole (a ReadVariableOp, or tf.gather along axis 1,
+    would cost O(table) per step)."""
+    var = tf.Variable(np.zeros((ROWS, COLS), np.float32))
+    opt = Expectigrad(LR, beta=beta, sparse_counter=sparse_counter, lazy_sparse=True)
+    opt.build([var])
+    state = opt._state_for(var)
+    step = tf.function(lambda v, i: opt.apply(
+        [tf.IndexedSlices(v, i, tf.constant([ROWS, COLS], tf.int64))], [var]))
+    fn = step.get_concrete_function(tf.TensorSpec([None, COLS], tf.float32),
+                                    tf.TensorSpec([None], tf.int64))
+    captured = {id(ext): internal for ext, internal in fn.graph.captures}
+    for what, v in (("state", state.value if isinstance(state, keras.Variable) else state),
+                    ("table", var)):
+        placeholder = captured[id(v.handle)]
+        uses = {op.type for op in fn.graph.get_operations()
+                if any(inp is placeholder for inp in op.inputs)}
+        assert uses, f"the {what} is not used by the step"
+        assert uses <= {"ResourceGather", "ResourceGatherNd", "ResourceScatterUpdate",
+                        "ResourceScatterNdUpdate", "VarIsInitializedOp"}, (what, uses)
