@@ -94,7 +94,7 @@ class Expectigrad(tf_keras.optimizers.Optimizer):
         beta: Momentum constant in [0, 1). Defaults to ``0.9``.
         epsilon: Denominator constant > 0. Defaults to ``1e-8``.
         sparse_counter: If True (default), count each element's nonzero
-            gradients (slot ``count``); if False, ``n = t``.
+            gradients (state row ``count``); if False, ``n = t``.
         fused: None (default): the fused op where possible; True: require it;
             False: never.
         lazy_sparse: False (default): a ``tf.IndexedSlices`` gradient gives

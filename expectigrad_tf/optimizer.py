@@ -126,7 +126,7 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         m_t = beta * m_{t-1} + (1 - beta) * g_t / (epsilon + sqrt(s_t / n_t))
         x_t = x_{t-1} - learning_rate / (1 - beta**t) * m_t
 
-    with ``0/0 := 0``. With ``beta == 0`` there is no momentum slot and no bias
+    with ``0/0 := 0``. With ``beta == 0`` there is no momentum row and no bias
     correction.
 
     Dense gradients go through a fused, compiled TensorFlow op (one pass over
@@ -143,8 +143,8 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         beta: Momentum constant in [0, 1). Defaults to `0.9`.
         epsilon: Denominator constant > 0. Defaults to `1e-8`.
         sparse_counter: If True (default), ``n`` counts each element's nonzero
-            gradients (slot ``count``); if False, ``n = t`` and no counter slot
-            is kept.
+            gradients (state row ``count``); if False, ``n = t`` and no
+            counter row is kept.
         fused: None (default): use the fused op where possible; True: require
             it (error at build time if it is unavailable); False: never use it.
         lazy_sparse: If False (default), a ``tf.IndexedSlices`` gradient gives
@@ -251,14 +251,22 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
 
     def _new_state_variable(self, ref, name, dtype, shape):
         """A zeros state variable of ``shape`` (named as
-        ``add_variable_from_reference`` names slots). Called through the
-        backend's ``_make_state_slot``, which adds placement (on TF: with
-        ``ref``, e.g. on its parameter server)."""
+        ``add_variable_from_reference`` names slots, and sharded like ``ref``
+        under a Keras distribution: the leading rows axis is not sharded).
+        Called through the backend's ``_make_state_slot``, which adds
+        placement (on TF: with ``ref``, e.g. on its parameter server)."""
         if hasattr(ref, "path"):
             full_name = f"{ref.path.replace('/', '_')}_{name}"
         else:  # a tf.Variable
             full_name = str(ref.name).replace("/", "_").replace(":", "_") + f"_{name}"
-        return self.add_variable(shape=shape, initializer="zeros", dtype=dtype, name=full_name)
+        layout = getattr(ref, "_layout", None)
+        if layout is not None and len(tuple(shape)) == len(tuple(layout.axes)) + 1:
+            layout = keras.distribution.TensorLayout(
+                (None,) + tuple(layout.axes), layout.device_mesh)
+        else:
+            layout = None
+        return self.add_variable(shape=shape, initializer="zeros", dtype=dtype, name=full_name,
+                                 layout=layout)
 
     # The packed state, shared by every class (Keras 3, tf_keras, compat.v1).
     def _num_state_rows(self):
@@ -353,8 +361,9 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
     def load_own_variables(self, store):
         """Restores state saved by ``save_own_variables`` (``.keras`` /
         ``.weights.h5``; the per-slot layout of expectigrad-tf 0.1 is
-        converted to packed states first), after checking the saved layout (which slots, in
-        which order, their shapes and dtypes) against this optimizer's: on any
+        converted to packed states first), after checking the saved layout
+        (which slots, in which order, their shapes and dtypes) against this
+        optimizer's: on any
         mismatch (including a different number of arrays) it raises
         ``ValueError`` naming both layouts, and nothing is restored."""
         variables = self.variables
@@ -363,9 +372,9 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         if LAYOUT_KEY in list(store.keys()):
             saved_codes = [int(c) for c in np.asarray(store[LAYOUT_KEY]).reshape(-1)]
         values = [store[str(i)] for i in range(len(keys)) if str(i) in keys]
+        stray_keys = sorted(keys) if len(values) != len(keys) else None  # before converting
         if saved_codes is not None and len(saved_codes) == len(values):
             saved_codes, values = self._convert_per_slot_layout(saved_codes, values)
-            keys = [str(i) for i in range(len(values))]
         saved_shapes = [tuple(getattr(v, "shape", ())) for v in values]
         saved_dtypes = [keras.backend.standardize_dtype(getattr(v, "dtype", type(v)))
                         for v in values]
@@ -373,8 +382,8 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         shapes = [tuple(v.shape) for v in variables]
         dtypes = [keras.backend.standardize_dtype(v.dtype) for v in variables]
         problems = []
-        if len(values) != len(keys):
-            problems.append(f"unexpected keys {sorted(keys)}")
+        if stray_keys is not None:
+            problems.append(f"unexpected keys {stray_keys}")
         if len(values) != len(variables):
             problems.append(f"{len(values)} saved arrays, {len(variables)} expected"
                             + ("" if self.built else " (the optimizer is not built)"))

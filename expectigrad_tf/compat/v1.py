@@ -59,7 +59,7 @@ class ExpectigradOptimizer(tf.compat.v1.train.Optimizer):
         beta: Momentum constant in [0, 1). Defaults to ``0.9``.
         epsilon: Denominator constant > 0. Defaults to ``1e-8``.
         sparse_counter: If True (default), count each element's nonzero
-            gradients (slot ``"count"``); if False, ``n = t``.
+            gradients (state row ``count``); if False, ``n = t``.
         use_locking: Accepted for the API of ``tf.compat.v1`` optimizers. The
             fused op always updates a variable and its slots under their
             locks; the sparse path uses resource scatter ops.

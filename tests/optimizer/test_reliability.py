@@ -204,3 +204,17 @@ def test_per_slot_layout_with_other_slots_is_refused():
     with pytest.raises(ValueError, match=r"does not match.*expected shape \(2, 2, 3\)"):
         fresh.load_own_variables(_per_slot_store(good, v))
     assert all(np.all(s == 0) for s in fresh.slot_values(v).values())
+
+
+def test_stray_key_in_saved_state_is_refused():
+    v = tf.Variable(np.ones((2, 3), np.float32))
+    good = Expectigrad(0.1)
+    good.apply([tf.ones((2, 3))], [v])
+    store = {}
+    good.save_own_variables(store)
+    store["foo"] = np.zeros(3, np.float32)
+    fresh = Expectigrad(0.1)
+    fresh.build([v])
+    with pytest.raises(ValueError, match=r"unexpected keys .*'foo'"):
+        fresh.load_own_variables(store)
+    assert int(fresh.iterations.numpy()) == 0

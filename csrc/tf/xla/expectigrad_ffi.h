@@ -71,6 +71,7 @@ inline ffi::Error Decode(ffi::RemainingArgs args, ffi::RemainingRets rets,
   const int64_t rows = 1 + sparse_counter + momentum;
   std::vector<void*> state(n_state);
   std::vector<int64_t> counts(n_state);
+  std::vector<ffi::DataType> types(n_state);
   for (int64_t k = 0; k < n_state; ++k) {
     auto arg = args.get<ffi::AnyBuffer>(k);
     auto ret = rets.get<ffi::AnyBuffer>(k);
@@ -78,12 +79,15 @@ inline ffi::Error Decode(ffi::RemainingArgs args, ffi::RemainingRets rets,
       return ffi::Error::InvalidArgument("expectigrad_apply: bad buffer");
     state[k] = (*ret)->untyped_data();
     counts[k] = static_cast<int64_t>(arg->element_count());
+    types[k] = arg->element_type();
     if (arg->untyped_data() != state[k])
       call->copies.push_back({arg->untyped_data(), state[k], arg->size_bytes()});
   }
   auto var0 = args.get<ffi::AnyBuffer>(0);
   call->dtype = var0->element_type();
   const size_t state_bytes = StateElementSize(call->dtype);
+  const ffi::DataType state_type =
+      call->dtype == ffi::DataType::F64 ? ffi::DataType::F64 : ffi::DataType::F32;
   call->tensors.resize(n);
   for (int64_t i = 0; i < n; ++i) {
     auto grad = args.get<ffi::AnyBuffer>(n_state + i);
@@ -94,6 +98,13 @@ inline ffi::Error Decode(ffi::RemainingArgs args, ffi::RemainingRets rets,
       return ffi::Error::InvalidArgument(
           "expectigrad_apply: malformed custom call (var/state/grad sizes of "
           "tensor " + std::to_string(i) + " do not match)");
+    // The row offsets below assume these types: check them, not just var[0]'s.
+    if (types[i] != call->dtype || grad->element_type() != call->dtype ||
+        types[n + i] != state_type)
+      return ffi::Error::InvalidArgument(
+          "expectigrad_apply: malformed custom call (var/state/grad dtypes of "
+          "tensor " + std::to_string(i) + " do not match var[0]'s dtype and its "
+          "state dtype)");
     RawTensor& t = call->tensors[i];
     char* base = static_cast<char*>(state[n + i]);
     const size_t row = static_cast<size_t>(size) * state_bytes;
