@@ -161,6 +161,25 @@ struct TensorChunk {
   int64_t size;
 };
 
+// The optimizer's packed state of one variable: a [rows, *shape] tensor of
+// type S whose rows are sum, count (sparse counter on) and momentum (beta > 0),
+// in this order. The layout is written once, here, for the TF kernel, the
+// XLA lowering and the custom-call handlers.
+EXPECTIGRAD_HD int state_rows(bool sparse_counter, bool momentum) {
+  return 1 + int(sparse_counter) + int(momentum);
+}
+
+// The rows of a packed state starting at `state`, `row_stride` units apart
+// (elements of S for typed pointers, bytes for char*); count and momentum are
+// null when absent.
+template <typename P>
+EXPECTIGRAD_HD void split_state(P* state, int64_t row_stride, bool sparse_counter,
+                                bool momentum, P** sum, P** cnt, P** mom) {
+  *sum = state;
+  *cnt = sparse_counter ? state + row_stride : nullptr;
+  *mom = momentum ? state + (1 + int(sparse_counter)) * row_stride : nullptr;
+}
+
 }  // namespace expectigrad
 
 #endif  // EXPECTIGRAD_UPDATE_H_

@@ -104,11 +104,11 @@ LAYOUT_KEY = "expectigrad_layout"
 _KINDS = {0: "iterations", 1: "learning_rate", 2: "sum", 3: "count", 4: "momentum", 5: "other",
           8: "state[sum]", 9: "state[sum,count]", 10: "state[sum,momentum]",
           11: "state[sum,count,momentum]"}
+_CODES = {v: k for k, v in _KINDS.items()}
 
 
 def _state_code(count, momentum):
     return 8 + int(bool(count)) + 2 * int(bool(momentum))
-_CODES = {v: k for k, v in _KINDS.items()}
 
 
 @keras.saving.register_keras_serializable(package="expectigrad_tf", name="Expectigrad")
@@ -260,11 +260,9 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         else:  # a tf.Variable
             full_name = str(ref.name).replace("/", "_").replace(":", "_") + f"_{name}"
         layout = getattr(ref, "_layout", None)
-        if layout is not None and len(tuple(shape)) == len(tuple(layout.axes)) + 1:
+        if layout is not None:  # shape is (rows,) + ref.shape
             layout = keras.distribution.TensorLayout(
                 (None,) + tuple(layout.axes), layout.device_mesh)
-        else:
-            layout = None
         return self.add_variable(shape=shape, initializer="zeros", dtype=dtype, name=full_name,
                                  layout=layout)
 
@@ -311,10 +309,10 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
         kinds = {id(self._iterations): "iterations"}
         if isinstance(self._learning_rate, keras.Variable):
             kinds[id(self._learning_rate)] = "learning_rate"
-        count, momentum = self._state_rows()
+        state_kind = _KINDS[_state_code(self.sparse_counter, self.beta > 0)]
         for state in getattr(self, "_states", []):
             if state is not None:
-                kinds[id(state)] = _KINDS[_state_code(count is not None, momentum is not None)]
+                kinds[id(state)] = state_kind
         return [_CODES[kinds.get(id(v), "other")] for v in self.variables]
 
     def _convert_per_slot_layout(self, codes, values):

@@ -125,16 +125,17 @@ class ExpectigradOptimizer(tf.compat.v1.train.Optimizer):
             colocate_with=first)
         for var in var_list:
             self._index.setdefault(_tf_optimizer._var_key(var), len(self._index))
-            state = tf.as_dtype(self._state_dtype(var.dtype.base_dtype))
-            shape = tf.TensorShape([self._num_state_rows()]).concatenate(var.shape)
+            # Shape and dtype come from the override below.
             self._get_or_make_slot_with_initializer(
-                var, tf.compat.v1.zeros_initializer(), shape, state, "state", self._name)
+                var, tf.compat.v1.zeros_initializer(), var.shape, var.dtype.base_dtype,
+                "state", self._name)
 
     def _get_or_make_slot_with_initializer(self, var, initializer, shape, dtype, slot_name,
                                            op_name):
-        """The base class's, with the packed state's shape and dtype: its
-        eager checkpoint restore (``_create_or_restore_slot_variable``)
-        creates slots with the variable's shape and dtype."""
+        """The base class's, with the packed state's shape and dtype, for
+        every caller: ``_create_slots`` and the eager checkpoint restore
+        (``_create_or_restore_slot_variable``), which passes the variable's
+        shape and dtype."""
         if slot_name == "state":
             shape = tf.TensorShape([self._num_state_rows()]).concatenate(var.shape)
             dtype = tf.as_dtype(self._state_dtype(var.dtype.base_dtype))

@@ -67,7 +67,7 @@ struct DeviceFunctor {
 struct InputLayout {
   int n;
   bool sparse_counter, momentum;
-  int rows() const { return 1 + int(sparse_counter) + int(momentum); }
+  int rows() const { return expectigrad::state_rows(sparse_counter, momentum); }
   int state(int i) const { return n + i; }
   int grad(int i) const { return 2 * n + i; }
   int lr() const { return 3 * n; }
@@ -257,11 +257,10 @@ class ExpectigradApplyOp : public OpKernel {
       const int64_t size = t.var->tensor()->NumElements();
       if (size == 0) continue;
       expectigrad::TensorChunk<T, S> c;
-      S* state = t.state->tensor()->flat<S>().data();
       c.var = t.var->tensor()->flat<T>().data();
-      c.sum = state;
-      c.cnt = in_.sparse_counter ? state + size : nullptr;
-      c.mom = in_.momentum ? state + (1 + int(in_.sparse_counter)) * size : nullptr;
+      expectigrad::split_state(t.state->tensor()->flat<S>().data(), size,
+                               in_.sparse_counter, in_.momentum, &c.sum, &c.cnt,
+                               &c.mom);
       c.grad = ctx->input(in_.grad(i)).flat<T>().data();
       c.size = size;
       chunks.push_back(c);

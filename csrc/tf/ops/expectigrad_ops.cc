@@ -2,6 +2,8 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
+#include "expectigrad_update.h"
+
 namespace tensorflow {
 
 using shape_inference::InferenceContext;
@@ -22,7 +24,7 @@ absl::Status ExpectigradShapeFn(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->GetAttr("num_tensors", &n));
   TF_RETURN_IF_ERROR(c->GetAttr("sparse_counter", &sparse_counter));
   TF_RETURN_IF_ERROR(c->GetAttr("momentum", &momentum));
-  const int rows = 1 + int(sparse_counter) + int(momentum);
+  const int rows = expectigrad::state_rows(sparse_counter, momentum);
   const int state0 = n, grad0 = 2 * n, scalars0 = 3 * n;
   for (int i = 0; i < n; ++i) {
     ShapeHandle s = HandleShape(c, i);

@@ -12,6 +12,8 @@
 
 #include "xla/ffi/api/ffi.h"
 
+#include "expectigrad_update.h"
+
 namespace expectigrad_tf_ffi {
 
 namespace ffi = xla::ffi;
@@ -48,12 +50,6 @@ struct DecodedCall {
   std::vector<Copy> copies;
 };
 
-// Element size of the state (sum, count, momentum) for a var dtype: 8 for
-// f64, otherwise 4 (float32 state for f16, bf16 and f32).
-inline size_t StateElementSize(ffi::DataType dtype) {
-  return dtype == ffi::DataType::F64 ? 8 : 4;
-}
-
 // Checks the call's structure and collects its buffers. Nothing is written.
 // Operands: var[n], state[n], grad[n], lr, step; results: var[n], state[n].
 // state[i] holds rows = 1 + sparse_counter + momentum rows of var[i]'s size.
@@ -68,7 +64,7 @@ inline ffi::Error Decode(ffi::RemainingArgs args, ffi::RemainingRets rets,
     return ffi::Error::InvalidArgument(
         "expectigrad_apply: malformed custom call (operand/result counts do "
         "not match num_tensors, or sparse_counter/momentum not 0/1)");
-  const int64_t rows = 1 + sparse_counter + momentum;
+  const int64_t rows = expectigrad::state_rows(sparse_counter, momentum);
   std::vector<void*> state(n_state);
   std::vector<int64_t> counts(n_state);
   std::vector<ffi::DataType> types(n_state);
@@ -85,9 +81,10 @@ inline ffi::Error Decode(ffi::RemainingArgs args, ffi::RemainingRets rets,
   }
   auto var0 = args.get<ffi::AnyBuffer>(0);
   call->dtype = var0->element_type();
-  const size_t state_bytes = StateElementSize(call->dtype);
+  // The state is f64 for f64 variables, otherwise f32.
   const ffi::DataType state_type =
       call->dtype == ffi::DataType::F64 ? ffi::DataType::F64 : ffi::DataType::F32;
+  const int64_t state_bytes = state_type == ffi::DataType::F64 ? 8 : 4;
   call->tensors.resize(n);
   for (int64_t i = 0; i < n; ++i) {
     auto grad = args.get<ffi::AnyBuffer>(n_state + i);
@@ -106,12 +103,13 @@ inline ffi::Error Decode(ffi::RemainingArgs args, ffi::RemainingRets rets,
           "tensor " + std::to_string(i) + " do not match var[0]'s dtype and its "
           "state dtype)");
     RawTensor& t = call->tensors[i];
-    char* base = static_cast<char*>(state[n + i]);
-    const size_t row = static_cast<size_t>(size) * state_bytes;
+    char *sum, *cnt, *mom;  // byte pointers into the packed state
+    expectigrad::split_state(static_cast<char*>(state[n + i]), size * state_bytes,
+                             sparse_counter != 0, momentum != 0, &sum, &cnt, &mom);
     t.var = state[i];
-    t.sum = base;
-    t.cnt = sparse_counter ? base + row : nullptr;
-    t.mom = momentum ? base + (1 + sparse_counter) * row : nullptr;
+    t.sum = sum;
+    t.cnt = cnt;
+    t.mom = mom;
     t.grad = grad->untyped_data();
     t.size = size;
   }

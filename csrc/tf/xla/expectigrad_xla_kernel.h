@@ -42,6 +42,7 @@
 #include "xla/shape_util.h"
 
 #include "expectigrad_checks.h"
+#include "expectigrad_update.h"
 
 namespace tensorflow {
 namespace expectigrad_tf {
@@ -66,7 +67,7 @@ class ExpectigradApplyXlaOp : public XlaOpKernel {
 
   void Compile(XlaOpKernelContext* ctx) override {
     const int state0 = n_, grad0 = 2 * n_, lr_in = 3 * n_;
-    const int64_t rows = 1 + int(sparse_counter_) + int(momentum_);
+    const int64_t rows = expectigrad::state_rows(sparse_counter_, momentum_);
     const int beta_in = lr_in + 1, eps_in = lr_in + 2, step_in = lr_in + 3;
 
     // Scalars: beta and epsilon are compile-time constants (graph constants
