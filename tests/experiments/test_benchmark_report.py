@@ -109,3 +109,14 @@ def test_relative_wording():
     assert report._relative(1.0, 2.0) == "2.00x faster"
     assert report._relative(3.0, 2.0) == "1.50x slower"
     assert report._relative(1.0, 1.001) == "same speed"
+
+
+def test_summary_says_as_fast_as_within_half_a_percent():
+    step = [{"dtype": "float64", "workload": "8x25K", "role": "medium", "method": m, "n_vars": 8,
+             "size": 25000, "stats": {"median_ms": ms}}
+            for m, ms in (("expectigrad_fused", 0.819), ("tf_resource_apply_adam", 0.818),
+                          ("keras_adam", 2.0))]
+    (line,) = report.machine_summary_lines({"step": step, "model": []})
+    assert "as fast as TF's C++ Adam kernel (ResourceApplyAdam) (0.818 ms)" in line
+    assert f"{2.0 / 0.819:.2f}x faster than Keras Adam (2 ms)" in line
+    assert "same speed" not in line and "as fast as Keras Adam" not in line
