@@ -8,7 +8,9 @@ Two things are computed at build time, so they live here:
   and ships the C++/CUDA sources inside the package so that an installed copy
   can rebuild them (``python -m expectigrad_tf.build``). Without TensorFlow
   the op is skipped with one message; the optimizer then runs its composite
-  path on any Keras 3 backend.
+  path on Keras 3's other backends. With jaxlib installed it also builds the
+  JAX library (``build.build_jax``: the XLA:CPU handler alone, for Keras 3 on
+  JAX); a failure there only warns.
 - the dependencies: ``tensorflow>=X.Y,<X.(Y+1)`` (the TensorFlow minor version
   the op was built for: a wheel's Requires-Dist), or ``keras>=3`` when built
   without TensorFlow.
@@ -73,16 +75,26 @@ class BuildExt(build_ext):
             dest = os.path.join(out, "csrc")
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(os.path.join(HERE, "csrc"), dest)
+        builder = _load_builder()
+        try:
+            # Keras 3 on JAX: the XLA:CPU handler, when jaxlib is installed.
+            # Optional: a failure warns, and JAX takes the composite path.
+            if builder.build_jax(out_dir=out, verbose=True) is not None:
+                sys.stderr.write("expectigrad_tf: built the JAX library (fused kernel as an "
+                                 "XLA:CPU custom call on Keras 3's JAX backend)\n")
+        except Exception as e:  # noqa: BLE001 - never fail the install for it
+            sys.stderr.write(f"expectigrad_tf: WARNING: building the JAX library failed, "
+                             f"Keras 3 on JAX will use the composite path: {e}\n")
         if installed_tensorflow() is None:
             if os.environ.get("EXPECTIGRAD_CUDA", "").lower() in ("1", "on", "true", "yes"):
                 raise SystemExit("expectigrad_tf: EXPECTIGRAD_CUDA=1 but TensorFlow is not "
                                  "installed, so the op cannot be built")
             sys.stderr.write(
                 "expectigrad_tf: TensorFlow is not installed: skipping the fused op; the "
-                "optimizer will run its composite path on any Keras 3 backend. To add the "
-                "op later: pip install tensorflow && python -m expectigrad_tf.build\n")
+                "optimizer will run its composite path on Keras 3's PyTorch backend (and on "
+                "JAX without jaxlib at build time). To add the op later: pip install "
+                "tensorflow && python -m expectigrad_tf.build\n")
             return
-        builder = _load_builder()
         try:
             builder.build(out_dir=out, verbose=True)
         except builder.BuildError as e:
@@ -99,7 +111,8 @@ class BinaryDistribution(Distribution):
 
 setup(
     install_requires=install_requires(),
-    package_data={"expectigrad_tf": ["*.so", "_build_info.json", "csrc/**/*"]},
+    package_data={"expectigrad_tf": ["*.so", "_build_info.json", "_jax_build_info.json",
+                                   "csrc/**/*"]},
     distclass=BinaryDistribution,
     cmdclass={"build_ext": BuildExt},
 )

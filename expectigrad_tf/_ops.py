@@ -41,8 +41,9 @@ def _load():
     except ImportError as e:
         status["reason"] = (
             f"TensorFlow is not installed ({e}): the fused op is a TensorFlow op, so the "
-            "optimizer runs its composite path (keras.ops, any Keras 3 backend); to add "
-            "it: pip install tensorflow && python -m expectigrad_tf.build")
+            "optimizer runs its composite path (keras.ops), except on Keras 3's JAX "
+            "backend, whose fused kernel is fused_status()['jax']; to add the TF op: pip "
+            "install tensorflow && python -m expectigrad_tf.build")
         return status
 
     lib = status["library"]
@@ -198,11 +199,27 @@ def fused_status():
     unavailable, or None), ``gpu_reason`` (why there is no GPU kernel, or
     None), ``xla_reason`` (why the op has no XLA lowering, so that
     ``jit_compile`` steps use the composite path, or None), ``library`` (path) and ``build_info`` (what the library was built
-    for: TensorFlow version, CUDA).
+    for: TensorFlow version, CUDA), and ``jax``: on Keras 3's JAX backend,
+    the same facts about the JAX library (``available``, ``reason``,
+    ``library``, ``build_info``), else None.
     """
     s = _get()
-    return {k: (list(v) if isinstance(v, list) else v)
-            for k, v in s.items() if k != "module"}
+    out = {k: (list(v) if isinstance(v, list) else v)
+           for k, v in s.items() if k != "module"}
+    out["jax"] = _jax_status()
+    return out
+
+
+def _jax_status():
+    """On Keras 3's JAX backend, the JAX library's status
+    (``expectigrad_tf._jax_ffi.status()``), else None."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return None
+    from expectigrad_tf import _jax_ffi
+
+    return _jax_ffi.status()
 
 
 def _reset_for_tests():

@@ -21,7 +21,10 @@ Outputs, beside this file:
   (a GPU then needs a driver that supports the CUDA version it was built
   with: recorded as ``cuda_version`` and checked by ``_ops.py`` at load time);
 - ``_build_info.json``: the TensorFlow and CUDA versions the libraries were
-  built for.
+  built for;
+- ``_expectigrad_jax_ffi.so`` and ``_jax_build_info.json``, when jaxlib is
+  installed: the XLA:CPU handler alone, for Keras 3 on JAX (no TensorFlow
+  needed; ``expectigrad_tf._jax_ffi`` registers it).
 
 Flags, sources, CUDA architectures and the environment variables
 (``EXPECTIGRAD_CUDA``, ``EXPECTIGRAD_NVCC``, ``EXPECTIGRAD_CUDA_ARCHS``,
@@ -44,7 +47,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = bc.CSRC
 CPU_LIB = bc.ARTEFACTS["tf_ops"]["output"]
 CUDA_LIB = bc.ARTEFACTS["tf_ops_cuda"]["output"]
+JAX_LIB = bc.ARTEFACTS["jax_ffi"]["output"]
 BUILD_INFO = "_build_info.json"
+JAX_BUILD_INFO = "_jax_build_info.json"
 
 BuildError = bc.BuildError
 find_nvcc = bc.find_nvcc
@@ -137,13 +142,62 @@ def build(out_dir=HERE, verbose=True):
     return info
 
 
+def jax_ffi_include():
+    """(jaxlib's XLA FFI include dir, jaxlib version), or None without jaxlib."""
+    try:
+        import jax.ffi  # noqa: deferred, heavy
+        import jaxlib
+    except Exception:  # ImportError, or a jax/jaxlib mismatch (RuntimeError)
+        return None
+    return jax.ffi.include_dir(), getattr(jaxlib, "__version__", "unknown")
+
+
+def build_jax(out_dir=HERE, verbose=True):
+    """Compiles the JAX library (the XLA:CPU handler alone) into out_dir.
+    Returns its build-info dict, or None when jaxlib is not installed."""
+    found = jax_ffi_include()
+    if found is None:
+        # Never leave (or ship) a library built for another environment.
+        for stale in (JAX_LIB, JAX_BUILD_INFO):
+            if os.path.exists(os.path.join(out_dir, stale)):
+                os.remove(os.path.join(out_dir, stale))
+        return None
+    include, jaxlib_version = found
+    cxx = bc.find_cxx()
+    paths = {"ffi_include": include}
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="expectigrad-jax-build-") as tmp:
+        objects = []
+        for src in bc.sources("jax_ffi"):
+            obj = os.path.join(tmp, src.replace("/", "_") + ".o")
+            bc.run(bc.object_command("jax_ffi", src, obj, cxx=cxx, paths=paths), verbose)
+            objects.append(obj)
+        tmp_out = os.path.join(tmp, JAX_LIB)
+        bc.run([cxx] + bc.shared_flags("ffi") + ["-o", tmp_out] + objects
+               + bc.link_args("jax_ffi", paths) + ["-lpthread"], verbose)
+        os.replace(tmp_out, os.path.join(out_dir, JAX_LIB))
+    info = {"jaxlib_version": jaxlib_version, "compiler": cxx,
+            "python": sys.version.split()[0],
+            "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    with open(os.path.join(out_dir, JAX_BUILD_INFO), "w") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+def have_tensorflow():
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def _parse(argv):
     import argparse
 
     p = argparse.ArgumentParser(
         prog="python -m expectigrad_tf.build",
         description="(Re)build the expectigrad_tf op libraries in place, against the "
-                    "TensorFlow installed in this environment.")
+                    "TensorFlow installed in this environment, and the JAX library "
+                    "against the installed jaxlib (each when installed).")
     p.add_argument("--out", default=HERE,
                    help="output directory (default: the installed package, %(default)s)")
     p.add_argument("--cuda", choices=("auto", "0", "1"), default=None,
@@ -187,15 +241,35 @@ def main(argv=None):
               "permissions of the environment's owner (or in a virtual environment)",
               file=sys.stderr)
         return 2
-    try:
-        info = build(out_dir=args.out, verbose=not args.quiet)
-    except BuildError as e:
-        print(f"expectigrad build failed: {e}", file=sys.stderr)
+    if not have_tensorflow() and jax_ffi_include() is None:
+        print("expectigrad build failed: neither TensorFlow nor jaxlib is installed here",
+              file=sys.stderr)
         return 1
-    print(json.dumps(info, indent=2))
-    print(f"expectigrad_tf: op built into {args.out} for TensorFlow "
-          f"{info['tensorflow_version']}" + (" with CUDA kernels" if info["cuda"] else ""))
-    return 0
+    failed = False
+    info = jax_info = None
+    if have_tensorflow():
+        try:
+            info = build(out_dir=args.out, verbose=not args.quiet)
+        except BuildError as e:
+            print(f"expectigrad build failed: {e}", file=sys.stderr)
+            failed = True
+    elif bc.cuda_mode() == "1":
+        print("expectigrad build failed: --cuda 1 (EXPECTIGRAD_CUDA=1) but TensorFlow is not "
+              "installed, so the GPU op cannot be built", file=sys.stderr)
+        failed = True
+    try:
+        jax_info = build_jax(out_dir=args.out, verbose=not args.quiet)
+    except BuildError as e:
+        print(f"expectigrad build of the JAX library failed: {e}", file=sys.stderr)
+        failed = True
+    if info is not None:
+        print(json.dumps(info, indent=2))
+        print(f"expectigrad_tf: op built into {args.out} for TensorFlow "
+              f"{info['tensorflow_version']}" + (" with CUDA kernels" if info["cuda"] else ""))
+    if jax_info is not None:
+        print(f"expectigrad_tf: JAX library built into {args.out} for jaxlib "
+              f"{jax_info['jaxlib_version']}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

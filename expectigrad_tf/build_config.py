@@ -22,8 +22,9 @@ Artefacts are data (``ARTEFACTS``): each names its sources, and each source
 may carry extra include dirs, defines and arguments, so adding a source (for
 instance an XLA lowering that needs TensorFlow's third-party headers and
 ``libtensorflow_cc.so.2``) is one line. Paths in ``include_dirs`` and
-``link_args`` may use ``{csrc}``, ``{tf_include}``, ``{tf_lib}`` and
-``{cuda_include}``, filled in by the builder.
+``link_args`` may use ``{csrc}``, ``{tf_include}``, ``{tf_lib}``,
+``{cuda_include}`` and ``{ffi_include}`` (XLA's header-only FFI API, from
+jaxlib), filled in by the builder.
 """
 
 import os
@@ -110,8 +111,9 @@ def xla_unsupported_reason(tf_include, tf_version="this TensorFlow"):
             "missing), so the op was built without its XLA lowering")
 
 # ------------------------------------------------------------- the artefacts
-# kind: "tf" (a TensorFlow op library, linked with TF's flags) or "pybind11"
-# (a Python extension module). cuda: needs nvcc (skipped without it).
+# kind: "tf" (a TensorFlow op library, linked with TF's flags), "ffi" (a plain
+# shared library exporting an XLA FFI handler) or "pybind11" (a Python
+# extension module). cuda: needs nvcc (skipped without it).
 # sources: {path under csrc/: per-source options}; options are
 #   compiler: "cxx" | "nvcc" (default: nvcc for .cu, else cxx)
 #   include_dirs, defines, args: extra for this source only
@@ -143,6 +145,16 @@ ARTEFACTS = {
             "tf/xla/expectigrad_ffi_cuda.cc": {"xla": True},
         },
         "xla_link_args": XLA_LINK_ARGS,
+    },
+    # Keras 3 on JAX, without TensorFlow: the XLA:CPU handler alone, built
+    # against jaxlib's copy of XLA's header-only FFI API and registered from
+    # Python (expectigrad_tf/_jax_ffi.py). float32/float64 (no Eigen here).
+    "jax_ffi": {
+        "kind": "ffi", "output": "_expectigrad_jax_ffi.so", "cuda": False,
+        "include_dirs": ["{csrc}/tf/xla"],
+        "defines": ["EXPECTIGRAD_FFI_STANDALONE"],
+        # -isystem: jaxlib's headers warn about switches over every enum value.
+        "sources": {"tf/xla/expectigrad_ffi_cpu.cc": {"args": ["-isystem", "{ffi_include}"]}},
     },
     # pybind11 harnesses (test tools, not installed): tools/build_harness.py.
     "harness": {
@@ -333,6 +345,8 @@ def object_command(name, src, obj, *, cxx, nvcc=None, paths=None, extra_cxx=(),
     flags = list(CXX_FLAGS)
     if art["kind"] == "pybind11":
         flags += PYBIND_FLAGS
+    elif art["kind"] == "ffi":
+        flags += PYBIND_FLAGS  # only the exported handler is visible
     else:
         flags += TF_WARNING_FLAGS
     # Source-specific args (e.g. -x c++) last before the file they apply to.

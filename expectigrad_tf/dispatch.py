@@ -10,7 +10,8 @@ Paths:
 - ``fused``: the compiled ``ExpectigradApply`` op (one pass over memory for
   every tensor of a (dtype, device) group). Outside XLA it runs the op's TF
   kernel; inside XLA (``jit_compile=True``) its lowering emits a custom call
-  into the same kernels.
+  into the same kernels. On Keras 3's JAX backend, the same XLA:CPU handler
+  called with ``jax.ffi.ffi_call`` (no TensorFlow needed).
 - ``composite``: the update written in ``keras.ops`` (any backend).
 - ``composite-xla``: the same composite ops, compiled by XLA, when the fused op
   cannot be used inside XLA.
@@ -28,6 +29,9 @@ SPARSE = "sparse"
 SPARSE_LAZY = "sparse-lazy"
 
 FUSED_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# The dtypes each Keras backend's fused kernel takes. JAX: the standalone
+# handler, built without TensorFlow, so without Eigen's 16-bit types.
+FUSED_BACKENDS = {"tensorflow": FUSED_DTYPES, "jax": ("float32", "float64")}
 
 # Strategies whose variables the fused op can update replica by replica.
 FUSED_STRATEGIES = (
@@ -71,12 +75,14 @@ def choose_path(
         fused: the optimizer's ``fused`` setting: None (use the op where
             possible), True (require it), False (never).
         backend: the Keras backend name.
-        op_reason: why the op library cannot be used, None when it is loaded.
+        op_reason: why the backend's fused library (the TF op; on JAX, the
+            JAX library) cannot be used, None when it is loaded.
         dtype: the variable's dtype, as a string.
         on_gpu: the variable lives on a GPU.
         gpu_reason: why there are no GPU kernels (nor a GPU XLA lowering),
             None when there are.
-        strategy: the ``tf.distribute`` strategy's class name, or None.
+        strategy: the ``tf.distribute`` strategy's class name (on JAX, the
+            ``keras.distribution``'s), or None.
         variable: the variable's name, for error messages.
         lazy_sparse: the optimizer's ``lazy_sparse`` setting (sparse
             gradients only).
@@ -97,19 +103,25 @@ def choose_path(
     if fused is False:
         return composite, "fused=False" + where
     reason = None
-    if backend != "tensorflow":
-        reason = f"Keras backend is {backend!r}, not 'tensorflow'"
+    if backend not in FUSED_BACKENDS:
+        reason = (f"Keras backend is {backend!r}: the fused kernel runs on "
+                  f"{' and '.join(repr(b) for b in FUSED_BACKENDS)}")
     elif op_reason is not None:
         reason = op_reason
-    elif dtype not in FUSED_DTYPES:
-        reason = f"dtype {dtype} has no fused kernel"
+    elif dtype not in FUSED_BACKENDS[backend]:
+        reason = f"dtype {dtype} has no fused kernel" + (
+            " on JAX (float32 and float64 only)" if backend == "jax" else "")
     elif on_gpu and gpu_reason is not None:
         reason = f"no GPU kernel: {gpu_reason}"
+    elif strategy is not None and backend == "jax":
+        reason = f"a keras.distribution ({strategy}) is set: the custom call has no sharding rule"
     elif strategy is not None and strategy not in FUSED_STRATEGIES:
         reason = f"strategy {strategy} is not supported by the fused op"
     elif in_xla and xla_reason is not None:
         reason = xla_reason
     if reason is None:
+        if backend == "jax":
+            return FUSED, "dense gradient, fused kernel as an XLA custom call on JAX (expectigrad_apply)"
         if in_xla:
             return FUSED, "dense gradient, fused op inside XLA (custom call expectigrad_apply)"
         return FUSED, "dense gradient, fused op"

@@ -132,9 +132,11 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
     Dense gradients go through a fused, compiled TensorFlow op (one pass over
     memory per element, many variables per call) when it is available, with
     and without XLA (``jit_compile=True`` lowers it to a custom call into the
-    same kernels); sparse gradients (``tf.IndexedSlices``), ``fused=False``,
-    other Keras backends and a missing op use composite ops with identical
-    results. See ``dispatch_report()``.
+    same kernels). On Keras 3's JAX backend, float32/float64 variables on the
+    CPU take the same kernel as an in-place XLA custom call. Sparse gradients
+    (``tf.IndexedSlices``), ``fused=False``, PyTorch, the remaining JAX cases
+    and a missing op use composite ops with the same results (up to a few
+    float32 ulps where XLA compiles them). See ``dispatch_report()``.
 
     Args:
         learning_rate: A float > 0, a

@@ -5,7 +5,9 @@
 * ``report``: medians, ratios, targets, machine metadata, JSON / Markdown;
 * ``sparse``: the ``--sparse`` workload (lazy vs exact sparse step on a large
   embedding table) and its Markdown;
-* ``cli``: the command line (``main``).
+* ``cli``: the command line (``main``);
+* ``keras_backend``: step timings on Keras 3's JAX backend, no TensorFlow
+  (``KERAS_BACKEND=jax python -m expectigrad_experiments.benchmark.keras_backend``).
 
 ``python -m expectigrad_experiments.benchmark`` runs the command line.
 """

@@ -1,5 +1,7 @@
-"""Keras 3 on JAX and PyTorch: the optimizer's composite path, exact against
-the NumPy reference in float32, compile/fit, save/load_model and resume.
+"""Keras 3 on JAX and PyTorch: the fused kernel on JAX (an XLA custom call)
+and the composite path on both, exact against the NumPy reference in float32
+(and bit-equal in float64 on JAX), agreeing with each other, compile/fit,
+save/load_model, resume, and a bad learning rate changing nothing.
 
 Each backend runs in its own process (KERAS_BACKEND is read once, at import).
 A backend whose package is not installed here is skipped: CI installs JAX and
@@ -56,6 +58,7 @@ model.fit(np.ones((8, 4)), np.ones((8, 8)), epochs=1, verbose=0)
 kernel = model.layers[0].kernel
 state = opt._state_for(kernel)
 print("RESULT " + json.dumps({
+    "paths": [list(v) for v in opt.dispatch_report().values()][:2],
     "kernel": [a for a in kernel.value.sharding.spec],
     "state": [a for a in state.value.sharding.spec],
     "shape": list(state.shape),
@@ -80,3 +83,170 @@ def test_jax_state_is_sharded_like_its_variable(tmp_path):
     assert result["kernel"] == [None, "model"]
     assert result["state"] == [None, None, "model"] and result["shape"] == [3, 4, 8]
     assert result["sum_nonzero"]
+    # The custom call has no sharding rule: a keras.distribution takes the composite.
+    assert result["paths"] == [["composite", "a keras.distribution (ModelParallel) is set: "
+                                "the custom call has no sharding rule"]] * 2, result["paths"]
+
+
+_FLOAT64_SCRIPT = r"""
+import json
+import numpy as np, keras
+import expectigrad_tf
+from expectigrad_tf.reference import ExpectigradNumpy
+rng = np.random.default_rng(3)
+out = {}
+for beta in (0.0, 0.9):
+    for sc in (True, False):
+        x0 = rng.standard_normal(257)
+        grads = [rng.standard_normal(257) * (rng.random(257) > 0.3) for _ in range(40)]
+        ref = ExpectigradNumpy(x0, lr=2.0 ** -7, beta=beta, eps=1e-8, sparse_counter=sc,
+                               dtype=np.float64)
+        for g in grads:
+            ref.step(g)
+        for fused in (None, False):
+            v = keras.Variable(x0, dtype="float64")
+            opt = expectigrad_tf.Expectigrad(2.0 ** -7, beta=beta, sparse_counter=sc, fused=fused)
+            for g in grads:
+                opt.apply([keras.ops.convert_to_tensor(g)], [v])
+            key = f"{beta} {sc} {fused}"
+            got = np.asarray(v.value)
+            out[key] = {"bit_equal": bool(np.array_equal(got, ref.x)),
+                        "max_rel": float(np.max(np.abs(got - ref.x) / np.abs(ref.x))),
+                        "paths": sorted({p for p, _ in opt.dispatch_report().values()})}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_jax_float64_is_bit_equal_to_the_reference_on_both_paths(tmp_path):
+    """With x64 enabled, float64 variables take the fused kernel and give
+    exactly the NumPy reference's values. The composite path, compiled by
+    XLA, may round differently (XLA:CPU turns a division by a broadcast
+    scalar into a multiplication by its reciprocal): close, not bit-equal."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed in this environment")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_ENABLE_X64="1")
+    proc = subprocess.run([sys.executable, "-c", _FLOAT64_SCRIPT], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    assert len(result) == 8
+    for key, r in result.items():
+        if key.endswith("None"):
+            assert r["bit_equal"], key
+        assert r["max_rel"] < 1e-13, (key, r)
+        assert r["paths"] == (["composite"] if key.endswith("False") else ["fused"]), (key, r)
+
+
+def test_fused_true_is_strict_on_torch(tmp_path):
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed in this environment")
+    script = ("import keras, expectigrad_tf\n"
+              "v = keras.Variable([1.0, 2.0])\n"
+              "try:\n"
+              "    expectigrad_tf.Expectigrad(fused=True).build([v])\n"
+              "except RuntimeError as e:\n"
+              "    print('RAISED', e)\n")
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RAISED Expectigrad(fused=True)" in proc.stdout and "'torch'" in proc.stdout
+
+
+def test_jax_benchmark_runs(tmp_path):
+    """The JAX step benchmark (python -m expectigrad_experiments.benchmark.keras_backend)
+    measures the three methods on their own paths and prints ratios."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed in this environment")
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    proc = subprocess.run([sys.executable, "-m", "expectigrad_experiments.benchmark.keras_backend",
+                           "--quick"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    rows = [ln.split("|")[1:-1] for ln in proc.stdout.splitlines() if ln.startswith("| 8x1K")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [
+        ("expectigrad", "fused"), ("expectigrad_composite", "composite"), ("keras_adam", "-")]
+    assert all(float(r[3]) > 0 for r in rows)
+    ratios = [ln for ln in proc.stdout.splitlines() if ln.startswith("- 8x1K")]
+    assert len(ratios) == 2 and all("x (paired p10-p90" in ln for ln in ratios)
+
+
+_LOWERING_SCRIPT = r"""
+import json
+import jax, keras, numpy as np
+import expectigrad_tf
+v = keras.Variable(np.ones(5, np.float32))
+opt = expectigrad_tf.Expectigrad(0.1)
+opt.build([v])
+def step(opt_values, var_values, grads):
+    return opt.stateless_apply(opt_values, grads, var_values)
+args = ([a.value for a in opt.variables], [v.value], [jax.numpy.ones(5)])
+out = {}
+for platforms in (("cpu",), ("cuda",), ("rocm",), ("cpu", "cuda")):
+    text = jax.jit(step).trace(*args).lower(lowering_platforms=platforms).as_text()
+    out[",".join(platforms)] = "expectigrad_apply" in text
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_jax_custom_call_is_emitted_for_the_cpu_only(tmp_path):
+    """The platform of a jitted step is fixed when XLA compiles it: the step
+    lowered for a GPU has no custom call (no GPU handler is registered), so
+    it compiles and runs the composite update there."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed in this environment")
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    proc = subprocess.run([sys.executable, "-c", _LOWERING_SCRIPT], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    assert json.loads(line[len("RESULT "):]) == {
+        "cpu": True, "cuda": False, "rocm": False, "cpu,cuda": True}
+
+
+_HANDLER_SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from expectigrad_tf import _jax_ffi
+assert _jax_ffi.status()["available"], _jax_ffi.status()
+v = [jnp.arange(1.0, 5.0, dtype=jnp.float32)]
+s = [jnp.zeros((3, 4), jnp.float32)]
+g = [jnp.ones(4, jnp.float32)]
+out = {}
+def run(lr, step, beta=0.9, epsilon=1e-8):
+    try:
+        nv, ns = _jax_ffi.apply(v, s, g, jnp.float32(lr), jnp.int32(step), beta=beta,
+                                epsilon=epsilon, sparse_counter=True)
+        return ("ok", bool(np.array_equal(nv[0], v[0]) and np.array_equal(ns[0], s[0])))
+    except Exception as e:
+        return ("error", str(e))
+out["good"] = run(0.1, 1)
+for lr in ("nan", "inf", "-1"):
+    out["lr " + lr] = run(float(lr), 1)
+out["step 0"] = run(0.1, 0)
+out["beta 1"] = run(0.1, 1, beta=1.0)
+out["epsilon 0"] = run(0.1, 1, epsilon=0.0)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_jax_handler_skips_a_bad_learning_rate_and_refuses_the_rest(tmp_path):
+    """The standalone handler's contract: a bad learning rate leaves every
+    buffer unchanged without an error (JAX has donated them); a bad step,
+    beta or epsilon (the optimizer checks them first) is an error naming the
+    value."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed in this environment")
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    proc = subprocess.run([sys.executable, "-c", _HANDLER_SCRIPT], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    r = json.loads(line[len("RESULT "):])
+    assert r["good"] == ["ok", False]  # a good step changes the buffers
+    for lr in ("nan", "inf", "-1"):
+        assert r["lr " + lr] == ["ok", True], r
+    assert r["step 0"][0] == "error" and "step must be >= 1, got 0" in r["step 0"][1]
+    assert r["beta 1"][0] == "error" and "beta" in r["beta 1"][1]
+    assert r["epsilon 0"][0] == "error" and "epsilon" in r["epsilon 0"][1]

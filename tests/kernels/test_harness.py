@@ -278,7 +278,7 @@ def test_build_config_is_the_only_flag_source():
             cmd = build_config.object_command(
                 name, src, "x.o", cxx="g++", nvcc="nvcc", archs=["90"],
                 paths={"cuda_include": "/cuda/include", "tf_include": "/tf/include",
-                       "tf_lib": "/tf/lib"})
+                       "tf_lib": "/tf/lib", "ffi_include": "/jaxlib/include"})
             assert os.path.exists(os.path.join(build_config.CSRC, src)), src
             if cmd[0] == "nvcc":
                 assert "--fmad=false" in cmd and "arch=compute_90,code=sm_90" in cmd

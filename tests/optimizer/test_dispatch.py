@@ -31,7 +31,11 @@ def test_fused_false_takes_the_composite_path(in_xla, expected):
 
 
 CANNOT = [
-    (dict(backend="jax"), "backend is 'jax'"),
+    (dict(backend="torch"), "backend is 'torch'"),
+    (dict(backend="jax", op_reason="JAX library not built"), "JAX library not built"),
+    (dict(backend="jax", dtype="bfloat16"), "dtype bfloat16 has no fused kernel on JAX"),
+    (dict(backend="jax", on_gpu=True, gpu_reason="CPU handler only"), "no GPU kernel"),
+    (dict(backend="jax", strategy="ModelParallel"), "keras.distribution (ModelParallel)"),
     (dict(op_reason="op library not built"), "op library not built"),
     (dict(dtype="int32"), "dtype int32 has no fused kernel"),
     (dict(on_gpu=True, gpu_reason="built without CUDA"), "no GPU kernel: built without CUDA"),
@@ -53,6 +57,14 @@ def test_fused_true_is_strict_for_every_reason(facts, why):
         choose_path(sparse=False, in_xla=False, fused=True, variable="layer/kernel",
                     **{**OK, **facts})
     assert why in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fused", [None, True])
+def test_jax_dense_takes_the_fused_kernel(dtype, fused):
+    path, reason = choose_path(sparse=False, in_xla=False, fused=fused,
+                               **{**OK, "backend": "jax", "dtype": dtype})
+    assert path == FUSED and "JAX" in reason and "expectigrad_apply" in reason
 
 
 def test_gpu_variable_with_gpu_kernels_is_fused():

@@ -54,6 +54,12 @@ IMPORT_TO_DISTRIBUTION = {
 # TensorFlow >= 2.16 requires Keras 3 (checked below against TensorFlow's
 # metadata when it is installed).
 PROVIDED_BY = {"keras": "tensorflow"}
+# Modules that run only on one Keras backend (optimizer.py imports the generic
+# backend mixin only when keras.backend.backend() is not "tensorflow"), where
+# Keras itself needs that backend's package: their imports of it are not the
+# image's to install.
+BACKEND_ONLY_IMPORTS = {"expectigrad_tf._backend_generic": {"jax"},
+                        "expectigrad_tf._jax_ffi": {"jax"}}
 
 
 class _Parsed:
@@ -465,6 +471,8 @@ def third_party_imports(entry_module, files):
                 continue
             if name.startswith("google.protobuf"):
                 top = "google.protobuf"
+            if top in BACKEND_ONLY_IMPORTS.get(mod, ()):
+                continue
             (optional if is_optional else required).setdefault(top, []).append(mod)
     for name in list(optional):
         if name in required:

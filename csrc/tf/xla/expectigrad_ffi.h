@@ -38,7 +38,8 @@ struct DecodedCall {
   ffi::DataType dtype;     // of var/grad
   ffi::DataType lr_dtype;  // F32 or F64
   const void* lr;          // host memory on CPU, device memory on GPU
-  const void* step;        // int64, same memory space as lr
+  const void* step;        // same memory space as lr
+  bool step_s32;           // int32 step (JAX without x64), else int64
   std::vector<RawTensor> tensors;
   // (src, dst, bytes) copies needed when XLA did not alias a result to its
   // operand; empty in the normal, in-place case.
@@ -118,9 +119,11 @@ inline ffi::Error Decode(ffi::RemainingArgs args, ffi::RemainingRets rets,
   if (!lr.has_value() || !step.has_value() ||
       (lr->element_type() != ffi::DataType::F32 &&
        lr->element_type() != ffi::DataType::F64) ||
-      step->element_type() != ffi::DataType::S64)
+      (step->element_type() != ffi::DataType::S64 &&
+       step->element_type() != ffi::DataType::S32))
     return ffi::Error::InvalidArgument(
-        "expectigrad_apply: lr must be f32/f64 and step s64");
+        "expectigrad_apply: lr must be f32/f64 and step s64 or s32");
+  call->step_s32 = step->element_type() == ffi::DataType::S32;
   call->lr_dtype = lr->element_type();
   call->lr = lr->untyped_data();
   call->step = step->untyped_data();

@@ -12,7 +12,10 @@
 #include <memory>
 #include <mutex>
 
+#ifndef EXPECTIGRAD_FFI_STANDALONE
 #include "unsupported/Eigen/CXX11/Tensor"  // Eigen::half, Eigen::bfloat16
+#define EXPECTIGRAD_FFI_16BIT 1
+#endif
 
 #include "expectigrad_checks.h"
 #include "expectigrad_ffi.h"
@@ -89,21 +92,41 @@ ffi::Error ApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args,
   const double lr = call.lr_dtype == ffi::DataType::F64
                         ? *static_cast<const double*>(call.lr)
                         : double(*static_cast<const float*>(call.lr));
-  const int64_t step = *static_cast<const int64_t*>(call.step);
+  const int64_t step = call.step_s32 ? *static_cast<const int32_t*>(call.step)
+                                     : *static_cast<const int64_t*>(call.step);
   const double beta = BitsToDouble(beta_bits);
   const double epsilon = BitsToDouble(epsilon_bits);
   std::string bad = expectigrad::check_lr_step(lr, step);
   if (bad.empty()) bad = expectigrad::check_beta_epsilon(beta, epsilon);
+#ifdef EXPECTIGRAD_FFI_STANDALONE
+  // JAX donates the training state to the step: an error would lose it. A bad
+  // learning rate (which the optimizer gates the rest of the step on) leaves
+  // every buffer as it was instead. Anything else (step, beta, epsilon, which
+  // the optimizer checks before the call) is still an error.
+  if (!bad.empty() && expectigrad::check_lr_step(lr, 1).size() > 0) {
+    for (const DecodedCall::Copy& c : call.copies)
+      if (c.bytes > 0) std::memcpy(c.dst, c.src, c.bytes);
+    return ffi::Error::Success();
+  }
+#endif
   if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
   switch (call.dtype) {
     case ffi::DataType::F32:
     case ffi::DataType::F64:
+#ifdef EXPECTIGRAD_FFI_16BIT
     case ffi::DataType::F16:
     case ffi::DataType::BF16:
+#endif
       break;
     default:
+#ifdef EXPECTIGRAD_FFI_16BIT
       return ffi::Error::InvalidArgument(
           "expectigrad_apply: var dtype must be f16, bf16, f32 or f64");
+#else
+      return ffi::Error::InvalidArgument(
+          "expectigrad_apply: var dtype must be f32 or f64 (this standalone "
+          "build has no 16-bit types)");
+#endif
   }
   for (const DecodedCall::Copy& c : call.copies)
     if (c.bytes > 0) std::memcpy(c.dst, c.src, c.bytes);  // empty: may be null
@@ -111,6 +134,7 @@ ffi::Error ApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args,
     case ffi::DataType::F32:
       RunOnPool<float, float>(pool, call, lr, beta, epsilon, step);
       break;
+#ifdef EXPECTIGRAD_FFI_16BIT
     case ffi::DataType::F64:
       RunOnPool<double, double>(pool, call, lr, beta, epsilon, step);
       break;
@@ -120,6 +144,11 @@ ffi::Error ApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args,
     default:
       RunOnPool<Eigen::bfloat16, float>(pool, call, lr, beta, epsilon, step);
       break;
+#else
+    default:
+      RunOnPool<double, double>(pool, call, lr, beta, epsilon, step);
+      break;
+#endif
   }
   return ffi::Error::Success();
 }
@@ -130,7 +159,16 @@ XLA_FFI_DEFINE_HANDLER(kExpectigradApplyHost, ApplyHost,
                        EXPECTIGRAD_FFI_ATTRS(
                            ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()));
 
+#ifndef EXPECTIGRAD_FFI_STANDALONE
 XLA_FFI_REGISTER_HANDLER(XLA_FFI_GetApi(), "expectigrad_apply", "Host",
                          kExpectigradApplyHost);
+#endif
 
 }  // namespace expectigrad_tf_ffi
+
+#ifdef EXPECTIGRAD_FFI_STANDALONE
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error*
+expectigrad_apply_host(XLA_FFI_CallFrame* call_frame) {
+  return expectigrad_tf_ffi::kExpectigradApplyHost(call_frame);
+}
+#endif

@@ -24,6 +24,8 @@ ffi::Error ApplyCuda(CUstream_st* stream, ffi::RemainingArgs args,
   if (ffi::Error err = Decode(args, rets, n, sparse_counter, momentum, &call);
       err.failure())
     return err;
+  if (call.step_s32)  // the CUDA kernel reads an int64 step on the device
+    return ffi::Error::InvalidArgument("expectigrad_apply (CUDA): step must be s64");
   cuda::DeviceScalars scalars;
   scalars.lr = call.lr;
   scalars.lr_type = call.lr_dtype == ffi::DataType::F64
