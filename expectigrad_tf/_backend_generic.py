@@ -23,6 +23,7 @@ import keras
 from keras import ops
 
 from expectigrad_tf import dispatch
+from expectigrad_tf._gating import GatedKerasWrites
 
 _LR_MESSAGE = ("Expectigrad: the learning rate (learning_rate, lr) must be finite and >= 0 "
                "(check the schedule or callable), got learning_rate =")
@@ -37,7 +38,7 @@ def _traced(x):
     return isinstance(x, jax.core.Tracer)
 
 
-class GenericBackend:
+class GenericBackend(GatedKerasWrites):
     """Mixin over ``keras.optimizers.Optimizer`` (non-TF backends)."""
 
     def apply(self, grads, trainable_variables=None):
@@ -152,33 +153,6 @@ class GenericBackend:
             self.assign(v, new)
         for s, new in zip(states, new_states):
             self.assign(s, new)
-
-    # ---------------------------------------------------- gated side writes
-    # Keras's own writes of a step (weight decay, EMA) keep their old values
-    # when a traced step is skipped. They run only when configured.
-    def _gated_writes(self, variables, write):
-        ok = getattr(self, "_step_ok", None)
-        if ok is None:
-            return write()
-        variables = list(variables)
-        before = [ops.convert_to_tensor(v) for v in variables]
-        result = write()
-        for v, old in zip(variables, before):
-            v.assign(ops.where(ok, ops.convert_to_tensor(v), old))
-        return result
-
-    def _apply_weight_decay(self, variables):
-        if self.weight_decay is None:
-            return super()._apply_weight_decay(variables)
-        return self._gated_writes(
-            [v for v in variables if self._use_weight_decay(v)],
-            lambda: super(GenericBackend, self)._apply_weight_decay(variables))
-
-    def _update_model_variables_moving_average(self, trainable_variables):
-        return self._gated_writes(
-            self._model_variables_moving_average if self.use_ema else [],
-            lambda: super(GenericBackend, self)._update_model_variables_moving_average(
-                trainable_variables))
 
     # ------------------------------------------------------------- misc
     def _make_state_slot(self, ref, name, dtype, shape):

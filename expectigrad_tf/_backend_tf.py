@@ -14,6 +14,7 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
 from expectigrad_tf import _ops, dispatch
+from expectigrad_tf._gating import GatedKerasWrites
 
 
 def in_xla():
@@ -27,7 +28,7 @@ def tf_variable(v):
     return v.value if isinstance(v, keras.Variable) else v
 
 
-class TFBackend:
+class TFBackend(GatedKerasWrites):
     """Mixin over ``keras.optimizers.Optimizer`` (TF backend)."""
 
     # ------------------------------------------------------------- slots
@@ -268,50 +269,6 @@ class TFBackend:
         """``new``, or ``old`` when a gated step's checks failed (see apply)."""
         ok = getattr(self, "_step_ok", None)
         return new if ok is None else tf.where(ok, new, old)
-
-    # Keras's own writes of a step (weight decay, EMA, gradient accumulators)
-    # are gated too inside XLA, so a step that fails its checks changes none
-    # of them. They run only when configured, so the default step pays nothing.
-    def _gated_writes(self, variables, write):
-        ok = getattr(self, "_step_ok", None)
-        if ok is None:
-            return write()
-        variables = list(variables)
-        before = [tf.convert_to_tensor(v) for v in variables]  # read before write
-        result = write()
-        for v, old in zip(variables, before):
-            v.assign(tf.where(ok, tf.convert_to_tensor(v), old))
-        return result
-
-    def _apply_weight_decay(self, variables):
-        if self.weight_decay is None:
-            return super()._apply_weight_decay(variables)
-        return self._gated_writes(
-            [v for v in variables if self._use_weight_decay(v)],
-            lambda: super(TFBackend, self)._apply_weight_decay(variables))
-
-    def _update_model_variables_moving_average(self, trainable_variables):
-        return self._gated_writes(
-            self._model_variables_moving_average if self.use_ema else [],
-            lambda: super(TFBackend, self)._update_model_variables_moving_average(
-                trainable_variables))
-
-    def _overwrite_model_variables_with_average_value(self, trainable_variables):
-        return self._gated_writes(
-            trainable_variables,
-            lambda: super(TFBackend, self)._overwrite_model_variables_with_average_value(
-                trainable_variables))
-
-    def _backend_increment_gradient_accumulators(self, grads, acc_grads):
-        return self._gated_writes(
-            acc_grads,
-            lambda: super(TFBackend, self)._backend_increment_gradient_accumulators(
-                grads, acc_grads))
-
-    def _backend_reset_gradient_accumulators(self):
-        return self._gated_writes(
-            self._accumulated_gradients,
-            lambda: super(TFBackend, self)._backend_reset_gradient_accumulators())
 
     # ------------------------------------------------------------ status
     def _fused_unavailable_reason(self):

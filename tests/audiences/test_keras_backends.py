@@ -22,6 +22,19 @@ WORKER = os.path.join(os.path.dirname(__file__), "_keras_backend_worker.py")
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 
 
+def _run_jax_script(script, tmp_path, **env_extra):
+    """Runs `script` (python -c) on Keras's JAX backend; returns the JSON
+    after its last "RESULT " line. Skips when jax is not installed here."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed in this environment")
+    env = dict(os.environ, KERAS_BACKEND="jax", **env_extra)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_backend_trains_exactly(backend, tmp_path):
     if importlib.util.find_spec(backend) is None:
@@ -71,15 +84,8 @@ def test_jax_state_is_sharded_like_its_variable(tmp_path):
     """Under a Keras ModelParallel distribution the packed state is sharded
     as its variable is (the leading rows axis replicated), not replicated
     whole on every device."""
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed in this environment")
-    env = dict(os.environ, KERAS_BACKEND="jax",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    proc = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    result = json.loads(line[len("RESULT "):])
+    result = _run_jax_script(_SHARDING_SCRIPT, tmp_path,
+                             XLA_FLAGS="--xla_force_host_platform_device_count=2")
     assert result["kernel"] == [None, "model"]
     assert result["state"] == [None, None, "model"] and result["shape"] == [3, 4, 8]
     assert result["sum_nonzero"]
@@ -122,14 +128,7 @@ def test_jax_float64_is_bit_equal_to_the_reference_on_both_paths(tmp_path):
     exactly the NumPy reference's values. The composite path, compiled by
     XLA, may round differently (XLA:CPU turns a division by a broadcast
     scalar into a multiplication by its reciprocal): close, not bit-equal."""
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed in this environment")
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_ENABLE_X64="1")
-    proc = subprocess.run([sys.executable, "-c", _FLOAT64_SCRIPT], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    result = json.loads(line[len("RESULT "):])
+    result = _run_jax_script(_FLOAT64_SCRIPT, tmp_path, JAX_ENABLE_X64="1")
     assert len(result) == 8
     for key, r in result.items():
         if key.endswith("None"):
@@ -194,14 +193,8 @@ def test_jax_custom_call_is_emitted_for_the_cpu_only(tmp_path):
     """The platform of a jitted step is fixed when XLA compiles it: the step
     lowered for a GPU has no custom call (no GPU handler is registered), so
     it compiles and runs the composite update there."""
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed in this environment")
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    proc = subprocess.run([sys.executable, "-c", _LOWERING_SCRIPT], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    assert json.loads(line[len("RESULT "):]) == {
+    result = _run_jax_script(_LOWERING_SCRIPT, tmp_path)
+    assert result == {
         "cpu": True, "cuda": False, "rocm": False, "cpu,cuda": True}
 
 
@@ -236,14 +229,8 @@ def test_jax_handler_skips_a_bad_learning_rate_and_refuses_the_rest(tmp_path):
     buffer unchanged without an error (JAX has donated them); a bad step,
     beta or epsilon (the optimizer checks them first) is an error naming the
     value."""
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed in this environment")
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    proc = subprocess.run([sys.executable, "-c", _HANDLER_SCRIPT], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    r = json.loads(line[len("RESULT "):])
+    result = _run_jax_script(_HANDLER_SCRIPT, tmp_path)
+    r = result
     assert r["good"] == ["ok", False]  # a good step changes the buffers
     for lr in ("nan", "inf", "-1"):
         assert r["lr " + lr] == ["ok", True], r
