@@ -66,16 +66,18 @@ class GenericBackend(GatedKerasWrites):
         """choose_path's facts about this backend and variable."""
         backend = keras.backend.backend()
         facts = {"backend": backend, "dtype": keras.backend.standardize_dtype(var.dtype)}
-        if backend == "jax":
+        if backend == "jax" and self.fused is not False:
             from expectigrad_tf import _jax_ffi
 
             import jax
 
             dist = keras.distribution.distribution()
-            # Where the variable lives: its concrete array (Keras keeps it
-            # while a jitted step traces), else JAX's default backend.
+            # Where the variable lives: its concrete array (a custom loop
+            # keeps it while a jitted step traces; it may have been donated
+            # since), else JAX's default backend.
             value = getattr(var, "_value", None)
-            if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer):
+            if (isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
+                    and not value.is_deleted()):
                 platforms = {d.platform for d in value.devices()}
             else:
                 platforms = {jax.default_backend()}

@@ -1,8 +1,10 @@
 """Keras's own writes of a step (weight decay, EMA, gradient accumulators)
 held back when the step is gated: inside XLA on TensorFlow and inside
 ``jax.jit`` on JAX, where a failed check cannot raise, the backend's ``apply``
-sets ``_step_ok`` and every write of the step keeps its old value when it is
-False. They run only when configured, so the default step pays nothing.
+sets ``_step_ok`` and each write below keeps its old value when it is False.
+They run only when configured, so the default step pays nothing. (Keras's JAX
+optimizer writes its gradient accumulators and the periodic EMA overwrite
+inline, not through these methods: on JAX those are not held back.)
 
 A mixin shared by ``TFBackend`` and ``GenericBackend`` (before Keras's
 optimizer in the MRO), written in ``keras.ops``.

@@ -28,6 +28,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 LIB = "_expectigrad_jax_ffi.so"
 BUILD_INFO = "_jax_build_info.json"
 TARGET = "expectigrad_apply"
+REBUILD_HINT = "rebuild with `python -m expectigrad_tf.build`"
 # The standalone build has no 16-bit types (no Eigen without TensorFlow).
 DTYPES = ("float32", "float64")
 
@@ -44,13 +45,28 @@ def _load():
     lib = status["library"]
     if not os.path.exists(lib):
         status["reason"] = (f"JAX library not built ({lib} missing; it is built when jaxlib "
-                            "is installed: python -m expectigrad_tf.build)")
+                            f"is installed); {REBUILD_HINT}")
         return status
     try:
         with open(os.path.join(_HERE, BUILD_INFO)) as f:
             status["build_info"] = json.load(f)
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError) as e:
+        status["reason"] = f"cannot read {BUILD_INFO} ({e}); {REBUILD_HINT}"
+        return status
+    try:
+        import jaxlib
+
+        installed = jaxlib.__version__
+    except Exception as e:  # noqa: BLE001 - no usable jaxlib
+        status["reason"] = f"jaxlib cannot be imported ({e})"
+        return status
+    built_for = status["build_info"].get("jaxlib_version")
+    if built_for != installed:
+        # XLA's FFI is versioned, but an incompatibility would only show
+        # inside a jitted step, after JAX has taken the training state.
+        status["reason"] = (f"JAX library was built for jaxlib {built_for}, but jaxlib "
+                            f"{installed} is installed; {REBUILD_HINT}")
+        return status
     try:
         import ctypes
 

@@ -155,12 +155,13 @@ def jax_ffi_include():
 def build_jax(out_dir=HERE, verbose=True):
     """Compiles the JAX library (the XLA:CPU handler alone) into out_dir.
     Returns its build-info dict, or None when jaxlib is not installed."""
+    # Never leave (or ship: build_py has copied the source tree's) a library
+    # built for another environment, whether or not this build succeeds.
+    for stale in (JAX_LIB, JAX_BUILD_INFO):
+        if os.path.exists(os.path.join(out_dir, stale)):
+            os.remove(os.path.join(out_dir, stale))
     found = jax_ffi_include()
     if found is None:
-        # Never leave (or ship) a library built for another environment.
-        for stale in (JAX_LIB, JAX_BUILD_INFO):
-            if os.path.exists(os.path.join(out_dir, stale)):
-                os.remove(os.path.join(out_dir, stale))
         return None
     include, jaxlib_version = found
     cxx = bc.find_cxx()
@@ -210,6 +211,23 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
+def _check_jax(out_dir):
+    """(ok, message): whether the JAX library in out_dir matches this jaxlib."""
+    found = jax_ffi_include()
+    if found is None:
+        return True, "no jaxlib installed: no JAX library needed"
+    try:
+        with open(os.path.join(out_dir, JAX_BUILD_INFO)) as f:
+            built_for = json.load(f).get("jaxlib_version")
+    except (OSError, ValueError) as e:
+        return False, f"no usable JAX library build in {out_dir} ({e})"
+    if not os.path.exists(os.path.join(out_dir, JAX_LIB)):
+        return False, f"{JAX_LIB} missing in {out_dir}"
+    if built_for != found[1]:
+        return False, f"JAX library built for jaxlib {built_for}, jaxlib {found[1]} is installed"
+    return True, f"up to date: built for jaxlib {built_for}"
+
+
 def _check(out_dir):
     """(ok, message): whether the libraries in out_dir match this TensorFlow."""
     import tensorflow as tf  # noqa: deferred, heavy
@@ -230,9 +248,13 @@ def _check(out_dir):
 def main(argv=None):
     args = _parse(sys.argv[1:] if argv is None else argv)
     if args.check:
-        ok, msg = _check(args.out)
-        print(f"expectigrad_tf op: {msg}")
-        return 0 if ok else 1
+        ok = True
+        if have_tensorflow():
+            ok, msg = _check(args.out)
+            print(f"expectigrad_tf op: {msg}")
+        jax_ok, msg = _check_jax(args.out)
+        print(f"expectigrad_tf JAX library: {msg}")
+        return 0 if ok and jax_ok else 1
     if args.cuda is not None:
         os.environ["EXPECTIGRAD_CUDA"] = args.cuda
     if not os.access(args.out if os.path.isdir(args.out) else os.path.dirname(args.out)

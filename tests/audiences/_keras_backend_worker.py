@@ -123,27 +123,36 @@ if backend == "jax":
 
     xs = rng.standard_normal((160, 8)).astype(np.float32)
     ys = xs.sum(axis=1, keepdims=True)
-    weights = {}
-    for fused, want in PATHS.items():
-        keras.utils.set_random_seed(1)
-        m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(1)])
-        opt = expectigrad_tf.Expectigrad(TurnsBad(), fused=fused)
-        m.compile(optimizer=opt, loss="mse")
-        m.fit(xs, ys, batch_size=32, epochs=1, verbose=0, shuffle=False)  # 5 steps
-        assert int(opt.iterations) == 3, int(opt.iterations)
-        assert all(np.isfinite(keras.ops.convert_to_numpy(a)).all()
-                   for a in [st for st in opt._states if st is not None] + m.weights)
-        assert {p for p, _ in opt.dispatch_report().values()} == {want}
-        weights[want] = [keras.ops.convert_to_numpy(w) for w in m.weights]
-        # The same 3 good steps without the bad ones: the same weights.
-        keras.utils.set_random_seed(1)
-        m3 = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(1)])
-        m3.compile(optimizer=expectigrad_tf.Expectigrad(0.01, fused=fused), loss="mse")
-        m3.fit(xs[:96], ys[:96], batch_size=32, epochs=1, verbose=0, shuffle=False)
-        for a, b in zip(weights[want], m3.weights):
-            np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))
-    for a, b in zip(*weights.values()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # Weight decay and the EMA update (not its periodic overwrite, which
+    # Keras's JAX optimizer writes inline) are held back too.
+    for kw in ({}, dict(weight_decay=0.05), dict(use_ema=True, ema_momentum=0.5)):
+        weights = {}
+        for fused, want in PATHS.items():
+            keras.utils.set_random_seed(1)
+            m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4),
+                                  keras.layers.Dense(1)])
+            opt = expectigrad_tf.Expectigrad(TurnsBad(), fused=fused, **kw)
+            m.compile(optimizer=opt, loss="mse")
+            m.fit(xs, ys, batch_size=32, epochs=1, verbose=0, shuffle=False)  # 5 steps
+            assert int(opt.iterations) == 3, (kw, int(opt.iterations))
+            assert all(np.isfinite(keras.ops.convert_to_numpy(a)).all()
+                       for a in opt.variables + m.weights), kw
+            assert {p for p, _ in opt.dispatch_report().values()} == {want}
+            weights[want] = [keras.ops.convert_to_numpy(w) for w in m.weights + opt.variables
+                             if "learning_rate" not in w.path]
+            # The same 3 good steps without the bad ones: the same values.
+            keras.utils.set_random_seed(1)
+            m3 = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4),
+                                   keras.layers.Dense(1)])
+            opt3 = expectigrad_tf.Expectigrad(0.01, fused=fused, **kw)
+            m3.compile(optimizer=opt3, loss="mse")
+            m3.fit(xs[:96], ys[:96], batch_size=32, epochs=1, verbose=0, shuffle=False)
+            good = [w for w in m3.weights + opt3.variables if "learning_rate" not in w.path]
+            assert len(good) == len(weights[want]), kw
+            for a, b in zip(weights[want], good):
+                np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b), err_msg=str(kw))
+        for a, b in zip(*weights.values()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=str(kw))
     out["skipped_steps_agree"] = True
 
     # 1d. Keras's features around the update (JAX's inline gradient

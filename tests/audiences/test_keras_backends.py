@@ -237,3 +237,62 @@ def test_jax_handler_skips_a_bad_learning_rate_and_refuses_the_rest(tmp_path):
     assert r["step 0"][0] == "error" and "step must be >= 1, got 0" in r["step 0"][1]
     assert r["beta 1"][0] == "error" and "beta" in r["beta 1"][1]
     assert r["epsilon 0"][0] == "error" and "epsilon" in r["epsilon 0"][1]
+
+
+_RETRACE_SCRIPT = r"""
+import functools, json
+import jax, jax.numpy as jnp, keras, numpy as np
+import expectigrad_tf
+out = {}
+for fused in (None, False):
+    v = keras.Variable(np.ones(4, np.float32))
+    opt = expectigrad_tf.Expectigrad(0.1, fused=fused)
+    opt.build([v])
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(opt_values, var_values, grads):
+        new_vars, new_opt = opt.stateless_apply(opt_values, grads, var_values)
+        return new_opt, new_vars
+    ov, tv = [a.value for a in opt.variables], [v.value]
+    ov, tv = step(ov, tv, [jnp.ones(4, jnp.float32)])
+    ov, tv = step(ov, tv, [jnp.ones(4, jnp.float64).astype(jnp.bfloat16)])  # retrace
+    out[str(fused)] = [float(x) for x in np.asarray(tv[0])]
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_jax_custom_loop_retraces_after_donation(tmp_path):
+    """A custom loop that donates Keras's arrays to a jitted step and makes it
+    trace again (a new gradient dtype): the dispatch facts do not touch the
+    donated arrays."""
+    result = _run_jax_script(_RETRACE_SCRIPT, tmp_path)
+    assert all(abs(a - b) < 1e-6 for a, b in zip(result["None"], result["False"]))
+    assert all(x < 0.9 for x in result["None"])  # two steps were taken
+
+
+_STALE_SCRIPT = r"""
+import json, os, shutil, sys
+import keras
+from expectigrad_tf import _jax_ffi
+copy = sys.argv[1]
+for name in (_jax_ffi.LIB, _jax_ffi.BUILD_INFO):
+    shutil.copy(os.path.join(_jax_ffi._HERE, name), copy)
+info = json.load(open(os.path.join(copy, _jax_ffi.BUILD_INFO)))
+info["jaxlib_version"] = "0.0.1"
+json.dump(info, open(os.path.join(copy, _jax_ffi.BUILD_INFO), "w"))
+_jax_ffi._HERE = copy
+status = _jax_ffi.status()
+import expectigrad_tf
+v = keras.Variable([1.0, 2.0])
+opt = expectigrad_tf.Expectigrad(0.1)
+opt.apply([keras.ops.ones(2)], [v])
+print("RESULT " + json.dumps({"status": status, "report": list(opt.dispatch_report().values())}))
+"""
+
+
+def test_jax_library_built_for_another_jaxlib_is_not_used(tmp_path):
+    result = _run_jax_script(_STALE_SCRIPT.replace("sys.argv[1]", repr(str(tmp_path))),
+                             tmp_path)
+    assert not result["status"]["available"]
+    assert "built for jaxlib 0.0.1" in result["status"]["reason"]
+    assert "python -m expectigrad_tf.build" in result["status"]["reason"]
+    assert result["report"][0][0] == "composite" and "0.0.1" in result["report"][0][1]

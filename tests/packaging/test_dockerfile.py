@@ -59,7 +59,7 @@ PROVIDED_BY = {"keras": "tensorflow"}
 # Keras itself needs that backend's package: their imports of it are not the
 # image's to install.
 BACKEND_ONLY_IMPORTS = {"expectigrad_tf._backend_generic": {"jax"},
-                        "expectigrad_tf._jax_ffi": {"jax"}}
+                        "expectigrad_tf._jax_ffi": {"jax", "jaxlib"}}
 
 
 class _Parsed:
