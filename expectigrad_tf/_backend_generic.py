@@ -52,53 +52,48 @@ class GenericBackend(GatedKerasWrites):
             if not bool(ops.convert_to_numpy(ok)):
                 raise ValueError(f"{_LR_MESSAGE} {float(ops.convert_to_numpy(lr))!r}")
             return super().apply(grads, trainable_variables)
-        before = ops.convert_to_tensor(self._iterations)
-        self._step_ok = ok
-        try:
-            result = super().apply(grads, trainable_variables)
-        finally:
-            self._step_ok = None
-        self._iterations.assign(ops.where(ok, before + 1, before))
-        return result
+        return self._gated_apply(ok, grads, trainable_variables)
 
     # ------------------------------------------------------------ dispatch
-    def _fused_facts(self, var):
-        """choose_path's facts about this backend and variable."""
+    def _step_facts(self):
+        """choose_path's facts about this backend, once per step."""
         backend = keras.backend.backend()
-        facts = {"backend": backend, "dtype": keras.backend.standardize_dtype(var.dtype)}
+        facts = {"backend": backend}
         if backend == "jax" and self.fused is not False:
             from expectigrad_tf import _jax_ffi
 
-            import jax
-
             dist = keras.distribution.distribution()
-            # Where the variable lives: its concrete array (a custom loop
-            # keeps it while a jitted step traces; it may have been donated
-            # since), else JAX's default backend.
-            value = getattr(var, "_value", None)
-            if (isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
-                    and not value.is_deleted()):
-                platforms = {d.platform for d in value.devices()}
-            else:
-                platforms = {jax.default_backend()}
-            facts.update(
-                op_reason=_jax_ffi.status()["reason"],
-                on_gpu=platforms != {"cpu"},
-                gpu_reason="the JAX library has the XLA:CPU handler only",
-                strategy=None if dist is None else type(dist).__name__)
+            facts.update(op_reason=_jax_ffi.status()["reason"],
+                         gpu_reason="the JAX library has the XLA:CPU handler only",
+                         strategy=None if dist is None else type(dist).__name__)
         return facts
 
+    @staticmethod
+    def _on_accelerator(var):
+        """Whether a JAX variable lives off the CPU: its concrete array (a
+        custom loop keeps it while a jitted step traces; it may have been
+        donated since), else JAX's default backend."""
+        import jax
+
+        value = getattr(var, "_value", None)
+        if (isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
+                and not value.is_deleted()):
+            return {d.platform for d in value.devices()} != {"cpu"}
+        return jax.default_backend() != "cpu"
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        facts = self._step_facts()
         groups = {}  # dtype -> [(grad, var)] for the fused kernel
         rest = []
         for grad, var in zip(grads, trainable_variables):
+            dtype = keras.backend.standardize_dtype(var.dtype)
+            on_gpu = "gpu_reason" in facts and self._on_accelerator(var)  # JAX only
             path, reason = dispatch.choose_path(
-                sparse=False, in_xla=False, fused=self.fused,
-                variable=getattr(var, "name", "variable"), **self._fused_facts(var))
+                sparse=False, in_xla=False, fused=self.fused, dtype=dtype, on_gpu=on_gpu,
+                variable=getattr(var, "name", "variable"), **facts)
             self._record(var, path, reason)
             if path == dispatch.FUSED:
-                groups.setdefault(keras.backend.standardize_dtype(var.dtype), []).append(
-                    (grad, var))
+                groups.setdefault(dtype, []).append((grad, var))
             else:
                 rest.append((grad, var))
         for pairs in groups.values():
@@ -135,13 +130,12 @@ class GenericBackend(GatedKerasWrites):
                 ops.convert_to_tensor(self.iterations) + 1,
                 beta=beta, epsilon=epsilon, sparse_counter=self.sparse_counter)
 
-        def composite(var_values, state_values):
+        def composite(var_values, state_values):  # as _dense_update, on values
             scalars = self._scalars(learning_rate, state_dtype)
             ok = getattr(self, "_step_ok", None)
             new_vars, new_states = [], []
             for x, old, g in zip(var_values, state_values, grads):
-                new, m = self._rows_update(ops.cast(g, state_dtype), old, scalars)
-                x_new = ops.cast(ops.cast(x, state_dtype) - scalars[0] * m, x.dtype)
+                new, x_new = self._dense_values(g, x, old, scalars)
                 if ok is not None:
                     new, x_new = ops.where(ok, new, old), ops.where(ok, x_new, x)
                 new_vars.append(x_new)
@@ -171,5 +165,4 @@ class GenericBackend(GatedKerasWrites):
             from expectigrad_tf import _jax_ffi
 
             return _jax_ffi.status()["reason"]
-        return (f"Keras backend is {keras.backend.backend()!r}: the fused kernel runs on "
-                "'tensorflow' and 'jax'")
+        return dispatch.backend_reason(keras.backend.backend())

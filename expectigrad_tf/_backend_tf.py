@@ -86,14 +86,7 @@ class TFBackend(GatedKerasWrites):
                 in_range = self._indices_in_range(grad, var)
                 if in_range is not None:
                     ok = tf.logical_and(ok, in_range)
-            before = tf.convert_to_tensor(self._iterations)
-            self._step_ok = ok
-            try:
-                result = super().apply(grads, trainable_variables)
-            finally:
-                self._step_ok = None
-            self._iterations.assign(tf.where(ok, before + 1, before))
-            return result
+            return self._gated_apply(ok, grads, trainable_variables)
         checks = [tf.debugging.Assert(
             tf.logical_and(tf.math.is_finite(lr), lr >= tf.zeros([], lr.dtype)),
             ["Expectigrad: the learning rate (learning_rate, lr) must be finite and >= 0 (check the "

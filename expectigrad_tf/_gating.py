@@ -14,6 +14,19 @@ from keras import ops
 
 
 class GatedKerasWrites:
+    def _gated_apply(self, ok, grads, trainable_variables):
+        """Keras's ``apply`` with the step gated on ``ok`` (a bool tensor):
+        every write of the step, ``iterations`` included, keeps its old
+        value when it is False."""
+        before = ops.copy(self._iterations)
+        self._step_ok = ok
+        try:
+            result = super(GatedKerasWrites, self).apply(grads, trainable_variables)
+        finally:
+            self._step_ok = None
+        self._iterations.assign(ops.where(ok, before + 1, before))
+        return result
+
     def _gated_writes(self, variables, write):
         ok = getattr(self, "_step_ok", None)
         if ok is None:

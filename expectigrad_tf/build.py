@@ -211,38 +211,35 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
+def _check_build(out_dir, info_file, lib, key, installed, what):
+    """(ok, message): whether ``lib`` in out_dir was built (``info_file``'s
+    ``key``) for the ``installed`` version of ``what``."""
+    try:
+        with open(os.path.join(out_dir, info_file)) as f:
+            built_for = json.load(f).get(key)
+    except (OSError, ValueError) as e:
+        return False, f"no usable build in {out_dir} ({e})"
+    if not os.path.exists(os.path.join(out_dir, lib)):
+        return False, f"{lib} missing in {out_dir}"
+    if built_for != installed:
+        return False, f"built for {what} {built_for}, {what} {installed} is installed"
+    return True, f"up to date: built for {what} {built_for}"
+
+
 def _check_jax(out_dir):
     """(ok, message): whether the JAX library in out_dir matches this jaxlib."""
     found = jax_ffi_include()
     if found is None:
         return True, "no jaxlib installed: no JAX library needed"
-    try:
-        with open(os.path.join(out_dir, JAX_BUILD_INFO)) as f:
-            built_for = json.load(f).get("jaxlib_version")
-    except (OSError, ValueError) as e:
-        return False, f"no usable JAX library build in {out_dir} ({e})"
-    if not os.path.exists(os.path.join(out_dir, JAX_LIB)):
-        return False, f"{JAX_LIB} missing in {out_dir}"
-    if built_for != found[1]:
-        return False, f"JAX library built for jaxlib {built_for}, jaxlib {found[1]} is installed"
-    return True, f"up to date: built for jaxlib {built_for}"
+    return _check_build(out_dir, JAX_BUILD_INFO, JAX_LIB, "jaxlib_version", found[1], "jaxlib")
 
 
 def _check(out_dir):
     """(ok, message): whether the libraries in out_dir match this TensorFlow."""
     import tensorflow as tf  # noqa: deferred, heavy
 
-    try:
-        with open(os.path.join(out_dir, BUILD_INFO)) as f:
-            built_for = json.load(f).get("tensorflow_version")
-    except (OSError, ValueError) as e:
-        return False, f"no usable build in {out_dir} ({e})"
-    if not os.path.exists(os.path.join(out_dir, CPU_LIB)):
-        return False, f"{CPU_LIB} missing in {out_dir}"
-    if built_for != tf.__version__:
-        return False, (f"built for TensorFlow {built_for}, TensorFlow {tf.__version__} "
-                       "is installed")
-    return True, f"up to date: built for TensorFlow {built_for}"
+    return _check_build(out_dir, BUILD_INFO, CPU_LIB, "tensorflow_version", tf.__version__,
+                        "TensorFlow")
 
 
 def main(argv=None):

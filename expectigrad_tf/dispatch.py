@@ -48,6 +48,14 @@ FUSED_STRATEGIES = (
 )
 
 
+def backend_reason(backend):
+    """Why Keras backend ``backend`` has no fused kernel, or None."""
+    if backend in FUSED_BACKENDS:
+        return None
+    return (f"Keras backend is {backend!r}: the fused kernel runs on "
+            f"{' and '.join(repr(b) for b in FUSED_BACKENDS)}")
+
+
 class FusedUnavailableError(RuntimeError):
     """``fused=True`` was asked for, but this variable cannot take the op."""
 
@@ -104,8 +112,7 @@ def choose_path(
         return composite, "fused=False" + where
     reason = None
     if backend not in FUSED_BACKENDS:
-        reason = (f"Keras backend is {backend!r}: the fused kernel runs on "
-                  f"{' and '.join(repr(b) for b in FUSED_BACKENDS)}")
+        reason = backend_reason(backend)
     elif op_reason is not None:
         reason = op_reason
     elif dtype not in FUSED_BACKENDS[backend]:

@@ -70,6 +70,7 @@ _SHARED = _borrow(
     "_scalars",            # lr_t, t, beta, 1 - beta, epsilon
     "_assign_state",
     "_dense_update",       # the composite maths (keras.ops)
+    "_dense_values",       # ... on read values
     "_check_gradient_shape",
     "_record",
     "dispatch_report",

@@ -550,15 +550,18 @@ class Expectigrad(_Backend, keras.optimizers.Optimizer):
             rows.append(u)
         return ops.stack(rows), u
 
+    def _dense_values(self, gradient, x, state, scalars):
+        """One dense step on read values: (new state, new variable value)."""
+        new_state, m = self._rows_update(ops.cast(gradient, state.dtype), state, scalars)
+        return new_state, ops.cast(ops.cast(x, state.dtype) - scalars[0] * m, x.dtype)
+
     def _dense_update(self, gradient, variable, learning_rate):
         state_var = self._state_for(variable)
-        state = state_var.dtype
-        scalars = self._scalars(learning_rate, state)
-        new_state, m = self._rows_update(
-            ops.cast(gradient, state), ops.convert_to_tensor(state_var), scalars)
-        x = ops.cast(variable, state) - scalars[0] * m
+        new_state, x = self._dense_values(
+            gradient, ops.convert_to_tensor(variable), ops.convert_to_tensor(state_var),
+            self._scalars(learning_rate, state_var.dtype))
         self._assign_state(state_var, new_state)
-        self._assign_state(variable, ops.cast(x, variable.dtype))
+        self._assign_state(variable, x)
 
 
 if Expectigrad.__doc__ is not None:

@@ -261,6 +261,7 @@ for _name, _attr in {
     "_scalars": _k3.Expectigrad.__dict__["_scalars"],
     "_assign_state": _k3.Expectigrad.__dict__["_assign_state"],
     "_dense_update": _k3.Expectigrad.__dict__["_dense_update"],  # the composite maths
+    "_dense_values": _k3.Expectigrad.__dict__["_dense_values"],
     "_check_gradient_shape": _k3.Expectigrad.__dict__["_check_gradient_shape"],
     "_record": _k3.Expectigrad.__dict__["_record"],
     "dispatch_report": _k3.Expectigrad.__dict__["dispatch_report"],
